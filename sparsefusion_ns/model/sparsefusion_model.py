@@ -1,0 +1,282 @@
+"""The ``sparsefusion`` nerfstudio model: the Instant-NGP field, its renderer and the input-view losses.
+
+Training a field on 2–6 masked input views (SPEC "Distillation", step A):
+  L_A = λ_rgb · Huber(Ĉ, C) + λ_mask · Huber(Ô, M) + λ_opacity · mean(sqrt(Ô² + 0.01))
+with Ĉ the rendered colour, C the masked image, Ô the rendered opacity (accumulation), M the
+foreground mask and Huber the authors' pseudo-Huber with δ = 0.1. Without a teacher this is our
+plain sparse-view NeRF baseline; the distillation step (B) adds the teacher's supervision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from torch.nn import Parameter
+
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.renderers import (
+    AccumulationRenderer,
+    DepthRenderer,
+    NormalsRenderer,
+    RGBRenderer,
+)
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+
+from sparsefusion_ns.field.hash_grid import HashGridLayout
+from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldSizes
+from sparsefusion_ns.model.losses import opacity_regulariser, pseudo_huber
+from sparsefusion_ns.model.volume_sampling import (
+    ImportanceSampling,
+    OccupancyGridSampling,
+    SampledRays,
+    nerfacc_cuda_available,
+)
+
+
+@dataclass
+class SparseFusionModelConfig(ModelConfig):
+    """SparseFusion's field, sampler and losses. Defaults are the paper's (SPEC "Distillation")."""
+
+    _target: Type = field(default_factory=lambda: SparseFusionModel)
+    enable_collider: bool = False
+    """Rays are clipped to the scene box by the model itself (AABB collider)."""
+
+    # Field
+    num_levels: int = 16
+    """Hash grid levels."""
+    features_per_level: int = 2
+    """Features per hash grid level."""
+    log2_hashmap_size: int = 16
+    """Log2 of the largest per-level hash table."""
+    base_resolution: int = 16
+    """Resolution of the coarsest grid level."""
+    max_resolution: int = 8192
+    """Resolution of the finest grid level over the whole box (authors: 2048 · bound 4)."""
+    hidden_dim: int = 64
+    """Width of the field MLP."""
+    num_layers: int = 3
+    """Linear layers of the field MLP."""
+    blob_amplitude: float = 5.0
+    """Height of the initial density blob at the origin (before trunc_exp)."""
+    blob_std: float = 0.2
+    """Standard deviation of the initial density blob."""
+
+    # Sampling
+    num_uniform_samples: int = 64
+    """Stratified samples per ray of the pure-torch sampler."""
+    num_importance_samples: int = 64
+    """Importance samples per ray of the pure-torch sampler, drawn from the coarse weights."""
+    sampler: Literal["auto", "torch", "nerfacc"] = "auto"
+    """Ray sampler: 'auto' uses nerfacc occupancy-grid marching when the model is on CUDA and nerfacc's
+    CUDA extension loads, otherwise the pure-torch importance sampler."""
+    occupancy_grid_resolution: int = 128
+    """Resolution of nerfacc's occupancy grid (CUDA path)."""
+    render_step_size: Optional[float] = None
+    """Marching step of the nerfacc path; None: box diagonal / 1000."""
+
+    # Losses of the input-view step (A)
+    rgb_loss_weight: float = 1.0
+    """λ_rgb: weight of the pseudo-Huber colour loss on input views."""
+    mask_loss_weight: float = 1.0
+    """λ_mask: weight of the pseudo-Huber loss between rendered opacity and foreground mask."""
+    opacity_loss_weight: float = 1e-3
+    """λ_opacity: weight of the opacity regulariser mean(sqrt(O² + 0.01))."""
+    huber_scale: float = 0.1
+    """δ of the pseudo-Huber loss (authors: 0.1)."""
+
+    # Outputs and metrics
+    predict_normals: bool = True
+    """Render normals (−∇σ) when not training, for ns-export's point cloud and Poisson mesh."""
+    lpips_vgg_weights: Optional[Path] = None
+    """Local VGG-16 backbone weights for the LPIPS eval metric (torchvision vgg16 layout). Without it
+    (or `lpips_lin_weights`), LPIPS is skipped with one warning; nothing is ever downloaded."""
+    lpips_lin_weights: Optional[Path] = None
+    """Local LPIPS linear-head weights (the lpips package's weights/v0.1/vgg.pth); found
+    automatically when the `lpips` package is installed."""
+    masked_eval_metrics: bool = True
+    """Evaluate held-out views with both images multiplied by the foreground mask and valid region
+    (the paper's protocol); False compares the images as they are."""
+
+
+class SparseFusionModel(Model):
+    """SparseFusion's Instant-NGP field trained on sparse masked input views."""
+
+    config: SparseFusionModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        config = self.config
+        half_extent = float(self.scene_box.aabb.abs().max())
+        self.field = SparseFusionField(
+            SparseFusionFieldSizes(
+                grid=HashGridLayout(
+                    num_levels=config.num_levels,
+                    features_per_level=config.features_per_level,
+                    log2_hashmap_size=config.log2_hashmap_size,
+                    base_resolution=config.base_resolution,
+                    max_resolution=config.max_resolution,
+                ),
+                hidden_dim=config.hidden_dim,
+                num_layers=config.num_layers,
+                half_extent=half_extent,
+                blob_amplitude=config.blob_amplitude,
+                blob_std=config.blob_std,
+            )
+        )
+        self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
+        self.importance_sampling = ImportanceSampling(config.num_uniform_samples, config.num_importance_samples)
+        self._occupancy_sampling: Optional[OccupancyGridSampling] = None  # built on first CUDA use
+        self.renderer_rgb = RGBRenderer(background_color="black")
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="expected")
+        self.renderer_normals = NormalsRenderer()
+        self._lpips = None
+        self._lpips_checked = False
+
+    # ------------------------------------------------------------------ sampling
+    def uses_nerfacc(self) -> bool:
+        """Whether this forward pass marches rays with nerfacc (CUDA) rather than pure torch."""
+        if self.config.sampler == "torch":
+            return False
+        on_cuda = self.device.type == "cuda"
+        if self.config.sampler == "nerfacc" and not (on_cuda and nerfacc_cuda_available()):
+            raise RuntimeError(
+                "sampler='nerfacc' needs the model on CUDA and nerfacc's CUDA extension; "
+                "use --pipeline.model.sampler auto (or torch) on this machine."
+            )
+        return on_cuda and nerfacc_cuda_available()
+
+    def occupancy_sampling(self) -> OccupancyGridSampling:
+        if self._occupancy_sampling is None:
+            aabb = self.scene_box.aabb.to(self.device)
+            step = self.config.render_step_size or float((aabb[1] - aabb[0]).norm()) / 1000
+            self._occupancy_sampling = OccupancyGridSampling(
+                aabb, self.config.occupancy_grid_resolution, step, self.device
+            )
+        return self._occupancy_sampling
+
+    def sample(self, ray_bundle: RayBundle) -> SampledRays:
+        if self.uses_nerfacc():
+            return self.occupancy_sampling()(ray_bundle, self.field.density_at, self.training)
+        return self.importance_sampling(ray_bundle, self.field.density_at)
+
+    # ------------------------------------------------------------------ nerfstudio API
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        def update_occupancy_grid(step: int) -> None:
+            if self.uses_nerfacc():
+                self.occupancy_sampling().update(step, self.field.density_at)
+
+        return [
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=update_occupancy_grid,
+            )
+        ]
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {
+            "hash_grid": list(self.field.encoding.parameters()),
+            "mlp": list(self.field.mlp.parameters()),
+        }
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, torch.Tensor]:
+        num_rays = len(ray_bundle)
+        sampled = self.sample(ray_bundle)
+        samples, ray_indices = sampled.ray_samples, sampled.ray_indices
+        want_normals = self.config.predict_normals and not self.training
+        field_outputs = self.field(samples, compute_normals=want_normals)
+        density = field_outputs[FieldHeadNames.DENSITY]
+        if ray_indices is None:
+            weights = samples.get_weights(density)
+        else:
+            import nerfacc
+
+            weights = nerfacc.render_weight_from_density(
+                t_starts=samples.frustums.starts[..., 0],
+                t_ends=samples.frustums.ends[..., 0],
+                sigmas=density[..., 0],
+                packed_info=nerfacc.pack_info(ray_indices, num_rays),
+            )[0][..., None]
+        packed = {"ray_indices": ray_indices, "num_rays": num_rays} if ray_indices is not None else {}
+        outputs = {
+            "rgb": self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights, **packed),
+            "accumulation": self.renderer_accumulation(weights=weights, **packed),
+            "depth": self.renderer_depth(weights=weights, ray_samples=samples, **packed),
+        }
+        if want_normals:
+            normals = field_outputs[FieldHeadNames.NORMALS].detach()
+            if ray_indices is None:
+                outputs["normals"] = self.renderer_normals(normals=normals, weights=weights.detach())
+            else:
+                import nerfacc
+
+                summed = nerfacc.accumulate_along_rays(weights.detach()[..., 0], normals, ray_indices, num_rays)
+                outputs["normals"] = torch.nn.functional.normalize(summed, dim=-1)
+        return outputs
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
+        image = batch["image"].to(self.device)
+        mse = torch.mean((outputs["rgb"] - image) ** 2)
+        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+        config = self.config
+        image = batch["image"].to(self.device)
+        fg_mask = batch["fg_mask"].to(self.device)
+        accumulation = outputs["accumulation"]
+        return {
+            "rgb_loss": config.rgb_loss_weight * pseudo_huber(outputs["rgb"], image, config.huber_scale).mean(),
+            "mask_loss": config.mask_loss_weight * pseudo_huber(accumulation, fg_mask, config.huber_scale).mean(),
+            "opacity_loss": config.opacity_loss_weight * opacity_regulariser(accumulation),
+        }
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
+        """PSNR, SSIM (scikit-image definitions) and LPIPS-VGG (when its local weights exist) of a
+        held-out view; by default both images are multiplied by the foreground mask and the valid
+        region, the paper's protocol."""
+        from sparsefusion_ns.metrics import view_metrics
+
+        image = batch["image"].to(self.device)
+        rgb = outputs["rgb"]
+        fg_mask = batch["fg_mask"].to(self.device)
+        valid = batch["valid_mask"].to(self.device) if "valid_mask" in batch else None
+        metrics = view_metrics(
+            rgb.permute(2, 0, 1),
+            image.permute(2, 0, 1),
+            mask=fg_mask.permute(2, 0, 1),
+            valid=valid.permute(2, 0, 1) if valid is not None else None,
+            lpips=self._lpips_metric(),
+            masked=self.config.masked_eval_metrics,
+        )
+        images = {
+            "img": torch.cat([image, rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        return metrics, images
+
+    def _lpips_metric(self):
+        """LPIPS-VGG from local weights, loaded once on first use; None (one warning) when unavailable."""
+        if not self._lpips_checked:
+            self._lpips_checked = True
+            from sparsefusion_ns.metrics import LPIPSConfig, lpips_or_warn
+
+            lpips = lpips_or_warn(
+                LPIPSConfig(vgg_weights=self.config.lpips_vgg_weights, lin_weights=self.config.lpips_lin_weights),
+                device=self.device,
+            )
+            # Stored outside the module tree: metric weights never enter nerfstudio checkpoints.
+            object.__setattr__(self, "_lpips", lpips)
+        return self._lpips

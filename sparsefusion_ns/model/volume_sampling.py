@@ -1,0 +1,89 @@
+"""Ray sampling for the SparseFusion field: a pure-torch reference and a nerfacc CUDA fast path.
+
+- ``ImportanceSampling`` (pure torch, runs everywhere; what the CPU tests exercise): as the
+  authors, 64 stratified samples between the ray's entry and exit of the scene box, then 64 more
+  drawn from the coarse weights; the field is evaluated with gradients on the union (128 samples).
+  The coarse pass only needs densities and runs without gradients.
+- ``OccupancyGridSampling`` (nerfacc): occupancy-grid ray marching, used automatically when the
+  model is on CUDA and nerfacc's CUDA extension loads. Both return the same kind of result, so the
+  model composites them with the same nerfstudio renderers (padded or packed samples).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+
+
+@dataclass
+class SampledRays:
+    """Samples along a batch of rays, padded (``ray_indices is None``) or packed."""
+
+    ray_samples: RaySamples
+    ray_indices: Optional[Tensor] = None
+    """Packed samples only: the ray each sample belongs to."""
+
+
+class ImportanceSampling(nn.Module):
+    """Stratified coarse samples plus importance samples from the coarse weights (pure torch)."""
+
+    def __init__(self, num_uniform: int, num_importance: int) -> None:
+        super().__init__()
+        self.uniform = UniformSampler(num_samples=num_uniform, train_stratified=True)
+        self.importance = PDFSampler(num_samples=num_importance, train_stratified=True, include_original=True)
+
+    def forward(self, ray_bundle: RayBundle, density_fn: Callable[[Tensor], Tensor]) -> SampledRays:
+        coarse = self.uniform(ray_bundle)
+        with torch.no_grad():
+            coarse_weights = coarse.get_weights(density_fn(coarse.frustums.get_positions()))
+        return SampledRays(self.importance(ray_bundle, coarse, coarse_weights))
+
+
+@lru_cache(maxsize=1)
+def nerfacc_cuda_available() -> bool:
+    """Whether nerfacc's CUDA extension loads (checked once, only when the model is on CUDA)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from nerfacc.cuda._backend import _C  # noqa: F401  (builds or loads the extension)
+    except Exception:  # noqa: BLE001  (any build/load failure means: use the torch path)
+        return False
+    return _C is not None
+
+
+class OccupancyGridSampling:
+    """nerfacc occupancy-grid marching (CUDA only). Kept out of the model's state dict: the grid is
+    rebuilt from the field after loading (nerfacc's warm-up fills it in the first 256 steps)."""
+
+    def __init__(self, aabb: Tensor, resolution: int, render_step_size: float, device: torch.device) -> None:
+        import nerfacc
+
+        from nerfstudio.model_components.ray_samplers import VolumetricSampler
+
+        self.estimator = nerfacc.OccGridEstimator(roi_aabb=aabb.flatten(), resolution=resolution, levels=1).to(device)
+        self.render_step_size = render_step_size
+        self.density_fn: Optional[Callable[[Tensor], Tensor]] = None
+        self.sampler = VolumetricSampler(occupancy_grid=self.estimator, density_fn=self._density)
+
+    def _density(self, positions: Tensor, times: Optional[Tensor] = None) -> Tensor:
+        assert self.density_fn is not None
+        return self.density_fn(positions)
+
+    def update(self, step: int, density_fn: Callable[[Tensor], Tensor]) -> None:
+        self.estimator.update_every_n_steps(
+            step=step, occ_eval_fn=lambda x: density_fn(x) * self.render_step_size, n=16
+        )
+
+    def __call__(self, ray_bundle: RayBundle, density_fn: Callable[[Tensor], Tensor], training: bool) -> SampledRays:
+        self.density_fn = density_fn
+        self.sampler.train(training)  # in eval, nerfacc skips no samples by opacity
+        with torch.no_grad():
+            ray_samples, ray_indices = self.sampler(ray_bundle=ray_bundle, render_step_size=self.render_step_size)
+        return SampledRays(ray_samples, ray_indices)
