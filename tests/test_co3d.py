@@ -69,6 +69,12 @@ def original_cameras(frames) -> NDCCameras:
     )
 
 
+def to_parsed_world(out, points: torch.Tensor) -> torch.Tensor:
+    """World points in the dataparser's frame: x' = W x + t with [W | t] = dataparser_transform."""
+    transform = out.dataparser_transform.double()
+    return points @ transform[:, :3].T + transform[:, 3]
+
+
 def project_nerfstudio(cameras, index: int, points: torch.Tensor) -> torch.Tensor:
     """Pixel (u, v) of world points through nerfstudio's pinhole model (OpenGL pose, +y up, looks down -z)."""
     c2w = cameras.camera_to_worlds[index].double()
@@ -176,6 +182,11 @@ def test_crop_box_grows_by_context_clamps_and_rounds():
     # x: 10 - 3 = 7, 7 + 26 = 33; y: 5 - 1.5 = 3.5 -> 4 (half to even), 3.5 + 13 = 16.5 -> 16.
     assert mask_bbox_xywh(mask) == (10, 5, 20, 10)
     assert crop_box_around_mask(mask, 0.4, 0.3) == CropBox(7, 4, 33, 16)
+    # Box x0 = 9, w = 50: 9 - 7.5 = 1.5 exactly, but the authors' float32 gives 9 - 7.5000002 = 1.4999998
+    # -> 1, where float64 would give 1.5000000000000002 -> 2 (checked against torch float32).
+    mask[:] = 0.0
+    mask[9:30, 9:59] = 1.0
+    assert crop_box_around_mask(mask, 0.4, 0.3).x0 == 1
     mask[:] = 0.0
     mask[30:40, 0:20] = 1.0  # touches the left and bottom edges: the grown box is cut there
     assert crop_box_around_mask(mask, 0.4, 0.3) == CropBox(0, 28, 23, 40)
@@ -215,6 +226,22 @@ def test_crop_resize_pad_samples_pixel_centres_and_pads():
     torch.testing.assert_close(out[0, :42][:, interior_x], expected_x[interior_x].expand(42, -1), atol=1e-9, rtol=0)
     torch.testing.assert_close(out[1, :42][interior_y], expected_y[interior_y, None].expand(-1, 64), atol=1e-9, rtol=0)
     assert out[:, 42:].abs().max() == 0  # bottom padding
+
+
+def test_worked_example_of_docs_cameras_md():
+    mask = np.zeros((900, 1200), dtype=np.float32)
+    mask[300:600, 400:800] = 1.0
+    box = crop_box_around_mask(mask)
+    assert box == CropBox(340, 255, 860, 645)
+    scale, resized_hw = resize_geometry((box.height, box.width), 256)
+    assert resized_hw == (192, 256) and scale == pytest.approx(256 / 520)
+    focal, principal = crop_resize_intrinsics(
+        torch.tensor([3.2, 3.2], dtype=torch.float64), torch.tensor([0.05, -0.02], dtype=torch.float64),
+        (900, 1200), box, scale, 256,
+    )
+    # The docs quote 4 to 5 significant digits.
+    assert focal.tolist() == pytest.approx([5.5385, 5.5385], abs=1e-4)
+    assert principal.tolist() == pytest.approx([0.0865, 0.2154], abs=1e-4)
 
 
 def test_intrinsics_update_matches_the_pixel_mapping():
@@ -281,16 +308,19 @@ def test_parsed_cameras_project_known_points_onto_processed_pixels(fixture, pars
             ndc = original_cameras([frame]).transform_points_ndc(points)[..., :2]
             uv_original = ndc_to_pixels(ndc, frame.image_size_hw)[0]
             expected = (uv_original - torch.tensor([box.x0, box.y0], dtype=torch.float64)) * scale
-            uv = project_nerfstudio(out.cameras, index, points)
+            uv = project_nerfstudio(out.cameras, index, to_parsed_world(out, points))
             assert (uv - expected).abs().max() < PIXEL_TOL * 10, (split, number)  # float32 cameras: ~1e-4 px
 
 
-def render_with_nerfstudio_rays(fixture, cameras, index: int, size: int, supersampling: int = 3):
+def render_with_nerfstudio_rays(fixture, out, index: int, size: int, supersampling: int = 2):
     """Coverage and colour of the known object seen through a parsed camera, by ray casting."""
     samples = (torch.arange(size * supersampling, dtype=torch.float32) + 0.5) / supersampling
     coords = torch.stack(torch.meshgrid(samples, samples, indexing="ij"), dim=-1)  # (y, x) positions
-    rays = cameras.generate_rays(camera_indices=index, coords=coords)
-    colour, hit, _ = fixture.scene.cast_rays(rays.origins.double().numpy(), rays.directions.double().numpy())
+    rays = out.cameras.generate_rays(camera_indices=index, coords=coords)
+    transform = out.dataparser_transform.double().numpy()  # back to the fixture's world: x = W^T (x' - t)
+    origins = (rays.origins.double().numpy() - transform[:, 3]) @ transform[:, :3]
+    directions = rays.directions.double().numpy() @ transform[:, :3]
+    colour, hit, _ = fixture.scene.cast_rays(origins, directions)
     k = supersampling
     return hit.reshape(size, k, size, k).mean((1, 3)), colour.reshape(size, k, size, k, 3).mean((1, 3))
 
@@ -303,7 +333,7 @@ def test_processed_foreground_matches_projected_geometry(fixture, parsed):
         for index in range(0, len(out.image_filenames), 2):
             rgba = np.asarray(Image.open(out.image_filenames[index]), dtype=np.float64) / 255.0
             alpha = rgba[..., 3]
-            coverage, colour = render_with_nerfstudio_rays(fixture, out.cameras, index, size)
+            coverage, colour = render_with_nerfstudio_rays(fixture, out, index, size)
 
             def centroid(weights):
                 return np.array([(weights * xs).sum(), (weights * ys).sum()]) / weights.sum()
@@ -316,6 +346,20 @@ def test_processed_foreground_matches_projected_geometry(fixture, parsed):
             inside = (coverage == 1.0) & (alpha > 0.99)
             # JPEG (quality 95) and resampling: mean colour error measured ~0.011.
             assert np.abs(rgba[..., :3][inside] - colour[inside]).mean() < 0.03
+
+
+def test_world_is_rotated_to_the_first_input_camera(fixture, parsed, tmp_path):
+    _, outputs = parsed
+    # PyTorch3D identity rotation = OpenGL camera-to-world rotation diag(-1, 1, -1).
+    flip = torch.diag(torch.tensor([-1.0, 1.0, -1.0]))
+    for out in outputs.values():
+        torch.testing.assert_close(outputs["train"].cameras.camera_to_worlds[0, :, :3], flip, atol=1e-6, rtol=0)
+        assert torch.equal(out.dataparser_transform, outputs["train"].dataparser_transform)
+    plain = parser_config(fixture, tmp_path, orient_to_first_input=False).setup().get_dataparser_outputs("train")
+    assert torch.equal(plain.dataparser_transform, torch.eye(4)[:3])
+    rotation = outputs["train"].dataparser_transform[:, :3]
+    rotated = rotation @ plain.cameras.camera_to_worlds  # same cameras, world rotated about the origin
+    torch.testing.assert_close(rotated, outputs["train"].cameras.camera_to_worlds, atol=1e-5, rtol=0)
 
 
 def test_valid_region_and_padding(fixture, parsed):
@@ -356,6 +400,26 @@ def test_cache_is_reused(fixture, tmp_path):
     stamp = first.stat().st_mtime_ns
     again = config.setup().get_dataparser_outputs("train").image_filenames[0]
     assert again == first and again.stat().st_mtime_ns == stamp
+
+
+def test_cache_is_rebuilt_when_the_annotation_changes(fixture, tmp_path):
+    root = tmp_path / "co3d"
+    shutil.copytree(fixture.root, root)
+    config = parser_config(fixture, tmp_path, data=root)
+    before = config.setup().get_dataparser_outputs("train")
+    number = before.metadata["co3d_frame_numbers"][0]
+    annotations = root / fixture.category / "frame_annotations.jgz"
+    with gzip.open(annotations, "rt") as file:
+        records = json.load(file)
+    for record in records:
+        if record["sequence_name"] == before.metadata["co3d_sequence_name"] and record["frame_number"] == number:
+            record["viewpoint"]["principal_point"][0] += 0.1  # NDC +x is left: cx moves left by 0.1 S/2 px
+    with gzip.open(annotations, "wt") as file:
+        json.dump(records, file)
+    after = config.setup().get_dataparser_outputs("train")
+    scale = json.loads((after.image_filenames[0].parent / "frames.json").read_text())[str(number)]["scale"]
+    shift = float(before.cameras.cx[0, 0] - after.cameras.cx[0, 0])
+    assert shift == pytest.approx(0.1 * 48.0 * scale, rel=1e-4)  # S/2 = 48 for 96 x 128 images
 
 
 # ------------------------------------------------------------------------------------- errors

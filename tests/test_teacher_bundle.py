@@ -147,18 +147,20 @@ def test_writing_is_atomic(tiny_teacher, tmp_path, monkeypatch):
     tiny_teacher.save_pretrained(target)
     with pytest.raises(FileExistsError, match="already exists"):
         tiny_teacher.save_pretrained(target)
-    Teacher.tiny(seed=5).save_pretrained(target, overwrite=True)
+    other = Teacher.tiny(seed=5)
+    other.save_pretrained(target, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["teacher"]
     reloaded = safetensors.torch.load_file(target / "unet.safetensors")
-    assert torch.equal(reloaded["final_conv.weight"], Teacher.tiny(seed=5).unet.final_conv.weight)
+    assert torch.equal(reloaded["final_conv.weight"], other.unet.final_conv.weight)
 
 
 def test_tiny_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     a, b, c = Teacher.tiny(seed=3), Teacher.tiny(seed=3), Teacher.tiny(seed=4)
     assert torch.equal(torch.random.get_rng_state(), state)
+    b_tensors = b.state_dict()
     for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]), key
+        assert torch.equal(value, b_tensors[key]), key
     assert not torch.equal(a.unet.final_conv.weight, c.unet.final_conv.weight)
     assert a.unet.final_conv.weight.abs().min() > 0  # zero-initialised upstream, random here
 

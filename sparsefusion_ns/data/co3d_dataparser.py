@@ -16,13 +16,16 @@ Each chosen frame is cropped around its mask, resized and padded to ``image_size
 (``co3d_preprocess``) once, into ``cache_dir``: an RGBA PNG (RGB not masked, alpha = mask) and a
 PNG of the valid (unpadded) region. Splits: ``train`` = input views; ``val`` and ``test`` = the
 held-out frames. Cameras stay in CO3D's world frame, converted to nerfstudio's convention by
-``sparsefusion_ns.cameras.conventions``.
+``sparsefusion_ns.cameras.conventions``, rotated about the origin so that the first input camera
+has the identity rotation (``orient_to_first_input``; the authors rotate to chosen frame 0, which
+need not be an input view).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
@@ -79,6 +82,10 @@ class Co3dDataParserConfig(DataParserConfig):
     """Foreground probability above which a pixel belongs to the object's crop box."""
     box_context: float = 0.3
     """Relative growth of the crop box around the mask (0.3: 15 % on every side)."""
+    orient_to_first_input: bool = True
+    """Rotate the world about its origin so the first input camera has the identity rotation (PyTorch3D
+    convention), as ``sparse-views`` does; stored as the dataparser transform. (The authors rotate to
+    chosen frame 0 instead, which need not be an input view.)"""
     scene_half_extent: float = 4.0
     """Half side of the scene box around the world origin; SparseFusion's field covers [-4, 4]^3."""
     camera_check: Literal["warn", "error", "off"] = "warn"
@@ -90,8 +97,11 @@ class Co3dScene:
     """The chosen frames of one sequence and which of them are input views."""
 
     category: Co3dCategory
+    """The category's annotations."""
     scene_index: int
+    """Position of the sequence in the evaluation list (seeds the input-view permutation by default)."""
     sequence_name: str
+    """The chosen sequence."""
     frames: List[Co3dFrame]
     """The ``num_frames`` chosen frames, in time order."""
     input_views: List[int]
@@ -140,7 +150,10 @@ def _cache_folder(config: Co3dDataParserConfig, sequence_name: str, settings: Co
 def preprocess_into_cache(
     root: Path, frames: List[Co3dFrame], folder: Path, settings: Co3dPreprocessing
 ) -> Dict[int, Dict[str, Any]]:
-    """Preprocess frames not yet in ``folder``; return frame number -> cached record (paths, camera)."""
+    """Preprocess frames not yet in ``folder``; return frame number -> cached record (files, intrinsics).
+
+    A record is reused only if it was made from the same image, mask and intrinsics annotation.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     index_file = folder / "frames.json"
     index: Dict[str, Dict[str, Any]] = json.loads(index_file.read_text()) if index_file.is_file() else {}
@@ -148,7 +161,14 @@ def preprocess_into_cache(
     for frame in frames:
         key = str(frame.frame_number)
         record = index.get(key)
-        up_to_date = record is not None and record["source_image"] == frame.image_path
+        source = {
+            "image": frame.image_path,
+            "mask": frame.mask_path,
+            "focal_length": None if frame.viewpoint is None else frame.viewpoint.focal_length.tolist(),
+            "principal_point": None if frame.viewpoint is None else frame.viewpoint.principal_point.tolist(),
+            "intrinsics_format": None if frame.viewpoint is None else frame.viewpoint.intrinsics_format,
+        }
+        up_to_date = record is not None and record["source"] == source
         if up_to_date and all((folder / record[k]).is_file() for k in ("rgba", "valid")):
             continue
         processed = preprocess_frame(root, frame, settings)
@@ -157,13 +177,10 @@ def preprocess_into_cache(
         Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(folder / f"{stem}_rgba.png")
         valid = processed.valid[0].numpy()
         Image.fromarray(np.round(valid * 255).astype(np.uint8), mode="L").save(folder / f"{stem}_valid.png")
-        viewpoint = frame.viewpoint
         index[key] = {
             "rgba": f"{stem}_rgba.png",
             "valid": f"{stem}_valid.png",
-            "source_image": frame.image_path,
-            "R": viewpoint.R.tolist(),
-            "T": viewpoint.T.tolist(),
+            "source": source,
             "focal_length": processed.focal_length.tolist(),
             "principal_point": processed.principal_point.tolist(),
             "crop_box_xyxy": list(asdict(processed.crop_box).values()),
@@ -181,21 +198,34 @@ class Co3dDataParser(DataParser):
 
     config: Co3dDataParserConfig
 
+    @cached_property
+    def scene(self) -> Co3dScene:
+        """The chosen frames and input views (the annotations are read once per parser)."""
+        return choose_scene(self.config)
+
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         config = self.config
-        scene = choose_scene(config)
+        scene = self.scene
         settings = Co3dPreprocessing(config.image_size, config.mask_threshold, config.box_context)
         folder = _cache_folder(config, scene.sequence_name, settings)
         records = preprocess_into_cache(Path(config.data), scene.frames, folder, settings)
 
         chosen = scene.input_views if split == "train" else held_out_views(len(scene.frames), scene.input_views)
-        selected = [records[scene.frames[i].frame_number] for i in chosen]
+        frames = [scene.frames[i] for i in chosen]
+        selected = [records[frame.frame_number] for frame in frames]
 
-        def stack(key: str) -> torch.Tensor:
-            return torch.tensor([r[key] for r in selected], dtype=torch.float32)
+        def stack(values: List[Any]) -> torch.Tensor:
+            return torch.tensor(np.stack(values), dtype=torch.float32)
 
+        # World rotation W (x' = W x). With W = R_0^T the first input camera's axes become the world
+        # axes: X_view = R^T x + T = (W R)^T x' + T, so R' = W R and T' = T (R_0' = I).
+        first_input = scene.frames[scene.input_views[0]].viewpoint.R
+        world_rotation = first_input.T if config.orient_to_first_input else np.eye(3)
         ndc_cameras = NDCCameras(
-            R=stack("R"), T=stack("T"), focal_length=stack("focal_length"), principal_point=stack("principal_point")
+            R=stack([world_rotation @ frame.viewpoint.R for frame in frames]),  # extrinsics: unchanged by the crop
+            T=stack([frame.viewpoint.T for frame in frames]),
+            focal_length=stack([r["focal_length"] for r in selected]),  # intrinsics: of the processed image
+            principal_point=stack([r["principal_point"] for r in selected]),
         )
         cameras = ndc_to_nerfstudio(ndc_cameras, (config.image_size, config.image_size))
         if config.camera_check != "off" and split == "train":
@@ -209,7 +239,7 @@ class Co3dDataParser(DataParser):
             "input_view_indices": scene.input_views,
             "frame_indices": chosen,
             "valid_mask_filenames": [folder / r["valid"] for r in selected],
-            "co3d_frame_numbers": [scene.frames[i].frame_number for i in chosen],
+            "co3d_frame_numbers": [frame.frame_number for frame in frames],
             "co3d_sequence_name": scene.sequence_name,
             "co3d_scene_index": scene.scene_index,
         }
@@ -219,4 +249,5 @@ class Co3dDataParser(DataParser):
             alpha_color=torch.zeros(3),
             scene_box=SceneBox(aabb=torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)),
             metadata=metadata,
+            dataparser_transform=torch.cat([torch.from_numpy(world_rotation).float(), torch.zeros(3, 1)], dim=1),
         )

@@ -7,8 +7,9 @@ Every frame is turned into a square ``T x T`` image (T = 256) as the authors' lo
    ``x0 = first column, x1 = last column + 1`` (same for y), ``w = x1 - x0``, ``h = y1 - y0``.
 2. **Context.** Grow the box by 30 % about its centre: ``x0 -= 0.15 w``, ``y0 -= 0.15 h``,
    ``w *= 1.3``, ``h *= 1.3`` (width and height at least 2), then clamp the corners to the image
-   (``[0, W] x [0, H]``) and round them to integers (half to even). The crop is *not* made
-   square and is *not* padded beyond the image: near an image border it is cut.
+   (``[0, W] x [0, H]``) and round them to integers (half to even). This is computed in float32
+   as the authors do, so corners that land on half a pixel round the same way. The crop is *not*
+   made square and is *not* padded beyond the image: near an image border it is cut.
 3. **Resize.** Scale the crop by ``s = T / max(h_crop, w_crop)``: the longer side becomes T,
    the shorter ``floor(short * T / long)``. Sampling is bilinear on pixel centres (output
    pixel centre u + 0.5 reads crop position (u + 0.5) / s), without antialiasing, as PyTorch's
@@ -27,7 +28,7 @@ bottom/right moves nothing. Back to NDC for the ``T x T`` image (``S = T``)::
     f_ndc' = f_ndc * S0 * s / T
     p_ndc' = 1 - s * ((W/2, H/2) - p_ndc * S0/2 - (x0, y0)) / (T/2)
 
-Differences from the authors' loader, both sub-pixel, both towards exact geometry:
+Differences from the authors' loader, all sub-pixel and all towards exact geometry:
 
 - The authors resize with ``recompute_scale_factor=True``, which samples the shorter axis with
   ``floor(short s) / short`` instead of ``s`` while their camera uses ``s``; we sample both axes
@@ -127,9 +128,12 @@ def mask_bbox_xywh(mask: np.ndarray, threshold: float = 0.4) -> Tuple[int, int, 
 def crop_box_around_mask(mask: np.ndarray, threshold: float = 0.4, context: float = 0.3) -> CropBox:
     """The authors' crop: the mask box grown by ``context`` about its centre, clamped to the image and rounded."""
     height, width = mask.shape
-    x0, y0, w, h = (float(v) for v in mask_bbox_xywh(mask, threshold))
-    x0, y0 = x0 - w * context / 2.0, y0 - h * context / 2.0
-    w, h = max(w * (1.0 + context), 2.0), max(h * (1.0 + context), 2.0)
+    # float32 and this order of operations, as the authors' loader: it decides which way a
+    # corner at (nearly) half a pixel rounds.
+    x0, y0, w, h = np.array(mask_bbox_xywh(mask, threshold), dtype=np.float32)
+    c = np.float32(context)
+    x0, y0 = x0 - w * c / np.float32(2.0), y0 - h * c / np.float32(2.0)
+    w, h = np.maximum(w + w * c, np.float32(2.0)), np.maximum(h + h * c, np.float32(2.0))
     x1, y1 = x0 + w, y0 + h
     # Clamp to the image, then round half to even (np.round, as torch.round).
     x0, x1 = (int(np.round(np.clip(v, 0, width))) for v in (x0, x1))

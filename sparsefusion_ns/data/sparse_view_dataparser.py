@@ -47,6 +47,10 @@ class SparseViewsDataParserConfig(DataParserConfig):
     """Accept more than six input views (beyond the paper's sparse setting)."""
     scale_factor: float = 1.0
     """Multiply camera positions by this factor (the field lives in a [-half_extent, half_extent]^3 box)."""
+    orient_to_first_input: bool = True
+    """Rotate the world about its origin so the first input camera has identity rotation in
+    PyTorch3D convention (looking down +z with +y up), the frame the authors' field lives in. The
+    rotation is stored as the dataparser transform."""
     scene_half_extent: float = 4.0
     """Half side of the axis-aligned scene box; SparseFusion's field covers [-4, 4]^3."""
     require_masks: bool = True
@@ -135,6 +139,16 @@ def read_transforms(transforms: Path) -> List[_Frame]:
     return frames
 
 
+OPENGL_FROM_PYTORCH3D_CAMERA = np.diag([-1.0, 1.0, -1.0])
+"""PyTorch3D camera axes (+x left, +y up, +z forward) expressed in OpenGL camera axes (+x right, +y up, +z back)."""
+
+
+def first_camera_alignment(camera_rotation: np.ndarray) -> np.ndarray:
+    """World rotation W after which a camera with OpenGL camera-to-world rotation R has identity
+    rotation in PyTorch3D convention: W · R = diag(−1, 1, −1), so W = diag(−1, 1, −1) · Rᵀ."""
+    return OPENGL_FROM_PYTORCH3D_CAMERA @ camera_rotation.T
+
+
 def _has_alpha(path: Path) -> bool:
     with Image.open(path) as pil:
         return pil.mode in ("RGBA", "LA") or (pil.mode == "P" and "transparency" in pil.info)
@@ -171,7 +185,10 @@ class SparseViewsDataParser(DataParser):
                     "(alpha = mask) or add 'mask_path' to each frame."
                 )
 
-        poses = torch.from_numpy(np.stack([f.camera_to_world for f in selected])).float()
+        world_rotation = np.eye(3)
+        if config.orient_to_first_input:
+            world_rotation = first_camera_alignment(frames[input_views[0]].camera_to_world[:3, :3])
+        poses = torch.from_numpy(np.stack([world_rotation @ f.camera_to_world for f in selected])).float()
         poses[:, :3, 3] *= config.scale_factor
         fx, fy, cx, cy, width, height = (torch.tensor([f.intrinsics[k] for f in selected]) for k in range(6))
         cameras = Cameras(
@@ -203,5 +220,6 @@ class SparseViewsDataParser(DataParser):
             alpha_color=torch.zeros(3),
             scene_box=SceneBox(aabb=torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)),
             metadata=metadata,
+            dataparser_transform=torch.cat([torch.from_numpy(world_rotation).float(), torch.zeros(3, 1)], dim=1),
             dataparser_scale=config.scale_factor,
         )

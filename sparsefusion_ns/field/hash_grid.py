@@ -110,7 +110,7 @@ def hash_grid_encode_torch(
     """Pure-torch hash grid lookup; ``positions`` in [0, 1]^3, flat ``table`` in tiny-cuda-nn layout."""
     n = positions.shape[0]
     scales, resolutions, sizes, offsets, dense = _level_buffers(layout, positions.device)
-    scaled = positions.float()[:, None, :] * scales[None, :, None] + 0.5  # (n, L, 3)
+    scaled = positions[:, None, :] * scales.to(positions.dtype)[None, :, None] + 0.5  # (n, L, 3)
     floor = torch.floor(scaled)
     frac = scaled - floor
     lower = floor.long()

@@ -66,7 +66,9 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.eft.d_model != self.unet.cond_channels:
-            problems.append(f"EFT features have {self.eft.d_model} channels, the UNet expects {self.unet.cond_channels}")
+            problems.append(
+                f"EFT features have {self.eft.d_model} channels, the UNet expects {self.unet.cond_channels}"
+            )
         if self.vae.latent_channels != self.unet.latent_channels:
             problems.append(
                 f"the VAE has {self.vae.latent_channels} latent channels, the UNet {self.unet.latent_channels}"
@@ -138,8 +140,8 @@ class Teacher(nn.Module):
         self.unet = VLDMUNet(self.config.unet)
         self.vae = FrozenVAE(self.config.vae)
         self.schedule = CosineLogSNRSchedule(self.config.schedule)
+        # where the weights came from (written by the converter, kept by save/load)
         self.provenance: dict[str, Any] = {}
-        """Where the weights came from (written by the converter, kept by save/load)."""
         self.requires_grad_(False)
         self.eval()
 

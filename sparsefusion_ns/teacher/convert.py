@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
+import safetensors
 import torch
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -43,6 +43,7 @@ from torch import Tensor
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.teacher.bundle import (
+    Teacher,
     TeacherConfig,
     check_teacher_state_dicts,
     expected_state_dict_shapes,
@@ -50,6 +51,7 @@ from sparsefusion_ns.teacher.bundle import (
 )
 from sparsefusion_ns.teacher.unet import AUTHORS_KEY_PREFIX
 from sparsefusion_ns.teacher.vae import (
+    LDM_CHECKPOINT_PREFIX,
     FrozenVAE,
     VAEConfig,
     ldm_vae_to_diffusers,
@@ -98,19 +100,23 @@ def load_authors_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, An
     return dict(content[AUTHORS_STATE_DICT_KEY]), counters
 
 
-def read_sd_checkpoint(path: Path) -> dict[str, Tensor]:
-    """All tensors of a Stable Diffusion v1 ``.ckpt`` (under ``state_dict``) or ``.safetensors`` file."""
+def read_sd_vae_tensors(path: Path) -> dict[str, Tensor]:
+    """The ldm-layout VAE tensors of a Stable Diffusion v1 ``.ckpt`` (under ``state_dict``) or
+    ``.safetensors`` file: its ``first_stage_model.*`` entries, prefix stripped (all entries if none
+    has it, for a bare VAE file). Other tensors are not read into memory."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (or is not a file)")
-        return safetensors.torch.load_file(path, device="cpu")
-    content = torch_load_weights_only(path)
+        with safetensors.safe_open(path, framework="pt", device="cpu") as file:
+            keys = [key for key in file.keys() if key.startswith(LDM_CHECKPOINT_PREFIX)] or list(file.keys())
+            return vae_state_dict_from_sd_checkpoint({key: file.get_tensor(key) for key in keys})
+    content = torch_load_weights_only(path)  # memory-mapped: unused tensors are never read
     if isinstance(content, Mapping) and _tensor_dict(content.get("state_dict")):
         content = content["state_dict"]
     if not _tensor_dict(content):
         raise ValueError(f"{path} holds no Stable Diffusion state dict (expected tensors under 'state_dict')")
-    return dict(content)
+    return vae_state_dict_from_sd_checkpoint(content)
 
 
 def read_vae_weights(path: Path, config: VAEConfig) -> dict[str, Tensor]:
@@ -123,8 +129,7 @@ def read_vae_weights(path: Path, config: VAEConfig) -> dict[str, Tensor]:
             f"VAE weights {path} do not exist: give a Stable Diffusion v1 .ckpt/.safetensors file "
             "or a local diffusers VAE folder"
         )
-    ldm = vae_state_dict_from_sd_checkpoint(read_sd_checkpoint(path))
-    return ldm_vae_to_diffusers(ldm, levels=len(config.block_out_channels))
+    return ldm_vae_to_diffusers(read_sd_vae_tensors(path), levels=len(config.block_out_channels))
 
 
 def prepare_teacher_state_dicts(
@@ -216,12 +221,14 @@ def convert_teacher(
     with console.status(f"Writing {escape(str(output))} …"):
         write_teacher_folder(output, config, state_dicts, provenance, overwrite=overwrite)
 
+    with torch.device("meta"):
+        parameter_counts = Teacher(config).parameter_counts()
     table = Table(title=f"Teacher written to {escape(str(output))}")
     for column in ("component", "tensors", "parameters"):
-        table.add_column(column)
+        table.add_column(column, justify="left" if column == "component" else "right")
     for name, tensors in state_dicts.items():
-        parameters = sum(v.numel() for v in tensors.values() if v.is_floating_point())
-        table.add_row(name, str(len(tensors)), f"{parameters:,}")
+        table.add_row(name, str(len(tensors)), f"{parameter_counts[name]:,}")
+    table.add_row("total", str(sum(map(len, state_dicts.values()))), f"{parameter_counts['total']:,}")
     console.print(table)
     return output
 

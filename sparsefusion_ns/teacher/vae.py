@@ -251,8 +251,8 @@ class FrozenVAE(nn.Module):
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else VAEConfig.full()
+        # the diffusers model; its state dict is what load_diffusers_state_dict() loads
         self.autoencoder = self.config.build_autoencoder()
-        """The diffusers model; its state dict is what :meth:`load_diffusers_state_dict` loads."""
         self.requires_grad_(False)
         self.eval()
 
@@ -312,7 +312,7 @@ class FrozenVAE(nn.Module):
         posterior = self.autoencoder.encode(x).latent_dist
         return (posterior.mean * self.config.scaling_factor).to(images.dtype)
 
-    def decode(self, latents: Float[Tensor, "b c h w"]) -> Float[Tensor, "b 3 8h 8w"]:
+    def decode(self, latents: Float[Tensor, "b c h w"]) -> Float[Tensor, "b 3 h*8 w*8"]:
         """x = clip((D(z / scaling_factor) + 1) / 2, 0, 1): latents back to images in [0, 1]."""
         parameter = next(self.autoencoder.parameters())
         decoded = self.autoencoder.decode((latents / self.config.scaling_factor).to(parameter.dtype)).sample
