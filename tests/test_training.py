@@ -107,7 +107,7 @@ def test_eval_setup_and_ns_eval_reload_the_checkpoint(trained, tmp_path):
     _, pipeline, checkpoint, step = eval_setup(config_path, test_mode="test")  # what ns-viewer/ns-export use
     assert step == 11 and checkpoint.name == "step-000000011.ckpt"
     output = tmp_path / "eval.json"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "empty_torch_home")}
     result = subprocess.run(
         [sys.executable, "-m", "nerfstudio.scripts.eval", "--load-config", str(config_path), "--output-path", str(output)],
         capture_output=True, text=True, timeout=600, env=env,
@@ -115,4 +115,8 @@ def test_eval_setup_and_ns_eval_reload_the_checkpoint(trained, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     results = json.loads(output.read_text())["results"]
     assert {"psnr", "ssim"} <= set(results)
+    # Offline and without a VGG-16 file: LPIPS is skipped with one warning that names the file.
+    assert "lpips" not in results
+    assert (result.stdout + result.stderr).count("LPIPS is skipped") == 1
+    assert "vgg16-397923af.pth" in result.stdout + result.stderr
     assert 5.0 < results["psnr"] < 60.0

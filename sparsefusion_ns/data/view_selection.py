@@ -46,7 +46,7 @@ def select_input_views(
         if bad:
             raise ViewSelectionError(
                 f"Input view indices {bad} are out of range for {source}, which has {num_frames} frames "
-                f"(valid indices: 0..{num_frames - 1}). Fix --pipeline.datamanager.dataparser.input-views."
+                f"(valid indices: 0..{num_frames - 1}). Fix the dataparser's --input-views."
             )
         if len(set(chosen)) != len(chosen):
             raise ViewSelectionError(f"Input view indices {list(indices)} for {source} contain duplicates.")
@@ -63,14 +63,14 @@ def select_input_views(
     if len(chosen) < MIN_INPUT_VIEWS:
         raise ViewSelectionError(
             f"SparseFusion needs at least {MIN_INPUT_VIEWS} input views; got {len(chosen)} for {source}. "
-            "Pass more indices with --pipeline.datamanager.dataparser.input-views, "
-            "or a larger --pipeline.datamanager.dataparser.num-input-views."
+            "Pass more indices to the dataparser's --input-views (e.g. `ns-train sparsefusion sparse-views "
+            "--input-views 0 5 10`), or a larger --num-input-views."
         )
     if len(chosen) > MAX_INPUT_VIEWS and not allow_more_views:
         raise ViewSelectionError(
             f"{len(chosen)} input views were asked for {source}, but SparseFusion is a sparse-view method "
-            f"evaluated with 2–{MAX_INPUT_VIEWS} views. Pass "
-            "--pipeline.datamanager.dataparser.allow-more-views True to use more."
+            f"evaluated with 2–{MAX_INPUT_VIEWS} views. Pass the dataparser option "
+            "--allow-more-views True to use more."
         )
     if len(chosen) >= num_frames:
         raise ViewSelectionError(

@@ -37,7 +37,9 @@ class ImportanceSampling(nn.Module):
     def __init__(self, num_uniform: int, num_importance: int) -> None:
         super().__init__()
         self.uniform = UniformSampler(num_samples=num_uniform, train_stratified=True)
-        self.importance = PDFSampler(num_samples=num_importance, train_stratified=True, include_original=True)
+        # nerfstudio's PDFSampler draws num_samples + 1 new interval edges; merged with the coarse
+        # edges, num_importance − 1 gives exactly num_uniform + num_importance intervals per ray.
+        self.importance = PDFSampler(num_samples=num_importance - 1, train_stratified=True, include_original=True)
 
     def forward(self, ray_bundle: RayBundle, density_fn: Callable[[Tensor], Tensor]) -> SampledRays:
         coarse = self.uniform(ray_bundle)
