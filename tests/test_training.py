@@ -120,3 +120,23 @@ def test_eval_setup_and_ns_eval_reload_the_checkpoint(trained, tmp_path):
     assert (result.stdout + result.stderr).count("LPIPS is skipped") == 1
     assert "vgg16-397923af.pth" in result.stdout + result.stderr
     assert 5.0 < results["psnr"] < 60.0
+
+
+def test_sf_eval_is_deterministic_and_writes_json_and_contact_sheet(trained, tmp_path):
+    from PIL import Image
+
+    from sparsefusion_ns.scripts.evaluate import EvaluateConfig, evaluate
+
+    config, _ = trained
+    config_path = config.get_base_dir() / "config.yml"
+    first = evaluate(EvaluateConfig(load_config=config_path, output_dir=tmp_path / "a"))
+    second = evaluate(EvaluateConfig(load_config=config_path, output_dir=tmp_path / "b"))
+    assert first["per_view"] == second["per_view"]  # identical numbers, not merely close
+    assert first["num_views"] == 9  # 12 frames, 3 input views
+    assert set(first["mean"]) == {"psnr", "ssim"} and first["lpips"].startswith("skipped")
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["mean"]["psnr"] == pytest.approx(sum(v["psnr"] for v in saved["per_view"]) / 9)
+    sheet = Image.open(tmp_path / "a" / "contact_sheet.png")
+    assert sheet.size == (3 * 128, 9 * 128)
+    unmasked = evaluate(EvaluateConfig(load_config=config_path, output_dir=tmp_path / "c", unmasked=True))
+    assert unmasked["mean"]["psnr"] != first["mean"]["psnr"]

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,19 +66,24 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
 
 
 def _terminate_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the process group started with ``process``, then SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the process group led by ``process``, wait up to ``grace_s``, then SIGKILL what is left.
+
+    The group also holds the leader's children (data-loader workers, Chromium's helpers), which
+    may outlive it; the final SIGKILL reaches them too.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the whole group is gone already
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=grace_s)
 
 
 def _log_tail(path: Path, num_chars: int = 4000) -> str:
@@ -141,15 +147,18 @@ def find_chromium() -> Optional[str]:
     return None
 
 
-# Headless Chromium as root in a container, with WebGL (three.js needs it) on the SwiftShader CPU
-# rasteriser, and no network beyond 127.0.0.1: every host name resolves to nothing, so the viewer
-# page's third-party script tags (analytics) fail fast instead of leaving the machine.
+# Headless Chromium as root in a container (hence --no-sandbox), and no network beyond 127.0.0.1:
+# no proxy, and every host name resolves to nothing, so the viewer page's third-party tags (an
+# analytics script, the nerfstudio logo) fail at once instead of leaving the machine. WebGL, which
+# the three.js viewer needs, runs on SwiftShader, Chromium's CPU rasteriser: headless Chromium 156
+# picks it by itself, the two flags pin it (also where a GPU exists) and keep it allowed where newer
+# versions stop falling back to it.
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
     "--use-angle=swiftshader",
     "--enable-unsafe-swiftshader",
-    "--ignore-gpu-blocklist",
+    "--no-proxy-server",
     "--no-first-run",
     "--no-default-browser-check",
     "--disable-background-networking",
@@ -167,7 +176,10 @@ class CdpSession:
     """A Chrome DevTools Protocol connection to one page target."""
 
     def __init__(self, websocket_url: str) -> None:
-        self._socket = connect(websocket_url, max_size=None, open_timeout=10)
+        address = urllib.parse.urlsplit(websocket_url)
+        # A socket of our own: the client then never routes 127.0.0.1 through an HTTP(S)_PROXY.
+        sock = socket.create_connection((address.hostname, address.port), timeout=10)
+        self._socket = connect(websocket_url, sock=sock, max_size=None, open_timeout=10)
         self._next_id = 0
 
     def close(self) -> None:
@@ -211,7 +223,9 @@ class HeadlessChromium:
     profile_dir: Path
     """Fresh user-data directory (Chromium writes its DevTools port there)."""
     window_size: tuple[int, int] = (1280, 800)
+    """Browser window (width, height) in CSS pixels."""
     startup_timeout_s: float = 30.0
+    """How long Chromium may take to open its DevTools endpoint."""
     process: Optional[subprocess.Popen] = field(default=None, init=False)
     page: Optional[CdpSession] = field(default=None, init=False)
 
@@ -265,7 +279,7 @@ class HeadlessChromium:
 
 
 def click_button(page: CdpSession, label: str) -> None:
-    """Click the (single visible) button whose text is ``label``, as a user would."""
+    """Click the one visible button whose text is ``label`` (a DOM click, as React handles a user's)."""
     clicked = page.evaluate(
         f"""(() => {{
             const buttons = [...document.querySelectorAll('button')]
@@ -324,15 +338,20 @@ def visible_canvas_points(page: CdpSession, spacing: int = 8) -> np.ndarray:
 
 
 def colour_fractions(image: Image.Image, points: np.ndarray) -> dict[str, float]:
-    """At the given (x, y) pixels: fraction clearly red, green or blue (one channel dominant), and the std."""
+    """At the given (x, y) pixels: the fractions that are clearly red, green or blue, and the std.
+
+    A pixel counts as, say, blue when blue is at least 40/255 (above JPEG noise on a black
+    background) and at least 1.5 times both red and green. The demo object's albedos have ratios of
+    2.4 and more (sphere 0.85/0.2 red, box 0.85/0.35 blue, cylinder 0.75/0.3 green), which leaves room
+    for blur and JPEG; grey, white and black have ratio 1.
+    """
     pixels = np.asarray(image, dtype=np.float32)[points[:, 1], points[:, 0]]
-    r, g, b = pixels[:, 0], pixels[:, 1], pixels[:, 2]
-    margin = 40.0  # of 255: well above JPEG noise and grey fog, well below the demo object's colours
-    fractions = {
-        "red": float(((r > g + margin) & (r > b + margin)).mean()),
-        "green": float(((g > r + margin) & (g > b + margin)).mean()),
-        "blue": float(((b > r + margin) & (b > g + margin)).mean()),
-    }
+    fractions = {}
+    for channel, name in enumerate(("red", "green", "blue")):
+        value = pixels[:, channel]
+        others = np.delete(pixels, channel, axis=1)
+        dominant = (value >= 40.0) & (value >= 1.5 * others[:, 0]) & (value >= 1.5 * others[:, 1])
+        fractions[name] = float(dominant.mean())
     fractions["coloured"] = fractions["red"] + fractions["green"] + fractions["blue"]
     fractions["std"] = float(pixels.std())
     return fractions

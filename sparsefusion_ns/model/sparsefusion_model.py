@@ -4,14 +4,16 @@ Training a field on 2–6 masked input views (SPEC "Distillation", step A):
   L_A = λ_rgb · Huber(Ĉ, C) + λ_mask · Huber(Ô, M) + λ_opacity · mean(sqrt(Ô² + 0.01))
 with Ĉ the rendered colour, C the masked image, Ô the rendered opacity (accumulation), M the
 foreground mask and Huber the authors' pseudo-Huber with δ = 0.1. Without a teacher this is our
-plain sparse-view NeRF baseline; the distillation step (B) adds the teacher's supervision.
+plain sparse-view NeRF baseline. With ``teacher`` set, every iteration also runs the distillation
+step (B), a training callback (``sparsefusion_ns/distillation/callbacks.py``) that supervises renders
+of novel cameras with the frozen teacher.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch.nn import Parameter
@@ -29,6 +31,8 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
+from sparsefusion_ns.distillation.config import DistillationConfig
+from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.field.hash_grid import HashGridLayout
 from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldSizes
 from sparsefusion_ns.model.losses import opacity_regulariser, pseudo_huber
@@ -38,6 +42,10 @@ from sparsefusion_ns.model.volume_sampling import (
     SampledRays,
     nerfacc_cuda_available,
 )
+
+if TYPE_CHECKING:
+    from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig
+    from sparsefusion_ns.teacher.bundle import Teacher
 
 
 @dataclass
@@ -104,6 +112,13 @@ class SparseFusionModelConfig(ModelConfig):
     """Evaluate held-out views with both images multiplied by the foreground mask and valid region
     (the paper's protocol); False compares the images as they are."""
 
+    # Distillation (step B)
+    teacher: Optional[Path] = None
+    """Teacher folder (EFT + VLDM + VAE, written by sf-convert-teacher). Set: every iteration also
+    distils the frozen teacher into the field from novel cameras (SparseFusion). None: input views only."""
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    """Settings of the distillation step; used only with a teacher."""
+
 
 class SparseFusionModel(Model):
     """SparseFusion's Instant-NGP field trained on sparse masked input views."""
@@ -139,6 +154,32 @@ class SparseFusionModel(Model):
         self.renderer_normals = NormalsRenderer()
         self._lpips = None
         self._lpips_checked = False
+        # Loaded when training starts (distillation_callbacks) and kept outside the module tree, like
+        # the LPIPS weights: neither ever enters a checkpoint, and exporting needs no teacher.
+        self._teacher: Optional[Teacher] = None
+        if config.teacher is not None:
+            self.distillation_state = DistillationState(config.distillation.seed + 1)
+
+    # ------------------------------------------------------------------ teacher
+    @property
+    def teacher(self) -> Optional[Teacher]:
+        """The frozen teacher once training has started with one, else None."""
+        return self._teacher
+
+    def attach_teacher(self, teacher: Teacher) -> None:
+        """Keep ``teacher`` without registering it as a submodule (so it is never checkpointed)."""
+        object.__setattr__(self, "_teacher", teacher)
+
+    def attach_lpips(self, lpips: LPIPSVGG) -> None:
+        """Use ``lpips`` (an already loaded LPIPS-VGG) for the eval metric too; never checkpointed."""
+        object.__setattr__(self, "_lpips", lpips)
+        self._lpips_checked = True
+
+    def lpips_config(self) -> LPIPSConfig:
+        """Where this model's LPIPS-VGG weights are (`--pipeline.model.lpips-*-weights`)."""
+        from sparsefusion_ns.metrics import LPIPSConfig
+
+        return LPIPSConfig(vgg_weights=self.config.lpips_vgg_weights, lin_weights=self.config.lpips_lin_weights)
 
     # ------------------------------------------------------------------ sampling
     def uses_nerfacc(self) -> bool:
@@ -175,13 +216,18 @@ class SparseFusionModel(Model):
             if self.uses_nerfacc():
                 self.occupancy_sampling().update(step, self.field.density_at)
 
-        return [
+        callbacks = [
             TrainingCallback(
                 where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 update_every_num_iters=1,
                 func=update_occupancy_grid,
             )
         ]
+        if self.config.teacher is not None:
+            from sparsefusion_ns.distillation.callbacks import distillation_callbacks
+
+            callbacks += distillation_callbacks(self, training_callback_attributes)
+        return callbacks
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
@@ -271,12 +317,9 @@ class SparseFusionModel(Model):
         """LPIPS-VGG from local weights, loaded once on first use; None (one warning) when unavailable."""
         if not self._lpips_checked:
             self._lpips_checked = True
-            from sparsefusion_ns.metrics import LPIPSConfig, lpips_or_warn
+            from sparsefusion_ns.metrics import lpips_or_warn
 
-            lpips = lpips_or_warn(
-                LPIPSConfig(vgg_weights=self.config.lpips_vgg_weights, lin_weights=self.config.lpips_lin_weights),
-                device=self.device,
-            )
+            lpips = lpips_or_warn(self.lpips_config(), device=self.device)
             # Stored outside the module tree: metric weights never enter nerfstudio checkpoints.
             object.__setattr__(self, "_lpips", lpips)
         return self._lpips

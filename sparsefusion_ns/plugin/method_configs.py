@@ -3,7 +3,10 @@
 ``sparsefusion`` carries the paper's settings (SPEC "Distillation"): 3000 iterations, the
 [-4, 4]^3 Instant-NGP field, 64 + 64 samples per ray, Adam with lr 5e-3 on the hash grid and 5e-4
 on the MLP, input views rendered at half resolution (256² CO3D crops → 128²), 128² = 16384 rays a
-step. ``sparsefusion-tiny`` is the same method at sizes that train in seconds on a CPU.
+step. With ``--pipeline.model.teacher FOLDER`` every iteration also runs the distillation step (B):
+a 128² render of a novel camera, upsampled to 256², supervised by the EFT for the first 1000
+iterations and by the diffusion model after. ``sparsefusion-tiny`` is the same method at sizes that
+train in seconds on a CPU (with a tiny teacher: 64² teacher images, 32² renders).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from sparsefusion_ns.data.masked_dataset import MaskedImageDataset
 from sparsefusion_ns.data.sparse_view_dataparser import SparseViewsDataParserConfig
+from sparsefusion_ns.distillation.config import DistillationConfig
+from sparsefusion_ns.distillation.novel_cameras import NovelCameraPoolConfig
 from sparsefusion_ns.model.sparsefusion_model import SparseFusionModelConfig
 
 
@@ -78,6 +83,12 @@ def sparsefusion_tiny_config() -> TrainerConfig:
         num_importance_samples=32,
         occupancy_grid_resolution=64,
         eval_num_rays_per_chunk=2048,
+        distillation=DistillationConfig(
+            pool=NovelCameraPoolConfig(num_circle_cameras=12, num_random_cameras=6),
+            render_resolution=32,
+            bootstrap_iterations=100,
+            log_images_every=25,
+        ),
     )
     config.viewer = ViewerConfig(num_rays_per_chunk=2048)
     return config

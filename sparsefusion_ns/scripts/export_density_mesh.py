@@ -136,10 +136,7 @@ def vertex_colours(
 ) -> Float[np.ndarray, "v 3"]:
     """Albedo c(x) at each vertex (field coordinates)."""
     points = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
-    colours = [
-        colour_at(chunk.to(device)).float().cpu() for chunk in torch.split(points, chunk_size)
-    ]
-    return torch.cat(colours).numpy() if colours else np.zeros((0, 3), np.float32)
+    return torch.cat([colour_at(chunk.to(device)).float().cpu() for chunk in torch.split(points, chunk_size)]).numpy()
 
 
 def field_to_world(

@@ -1,0 +1,241 @@
+"""Step (B) as a nerfstudio training callback, and the start-up that prepares it.
+
+Every training iteration nerfstudio runs step (A), the input-view losses of
+``SparseFusionModel.get_loss_dict``, with its own optimiser step. Right after it (at
+``AFTER_TRAIN_ITERATION``, inside the trainer's lock, so the web viewer never renders mid-step),
+:class:`NovelViewStep` runs step (B) as a second optimiser step on the same optimisers:
+
+1. draw a pool camera (from the checkpointed stream of :class:`DistillationState`);
+2. render it at ``render_resolution``² with gradients and upsample it bilinearly to the teacher's S²;
+3. bootstrap (step ≤ ``bootstrap_iterations``) or diffusion losses (``objective.py``);
+4. backward (through the render only) and step every optimiser, honouring the grad scaler.
+
+Start-up (:func:`distillation_callbacks`, called from ``SparseFusionModel.get_training_callbacks``)
+loads the teacher (kept outside the model's module tree, so never checkpointed), checks the LPIPS
+weights if the diffusion phase needs them, builds the camera pool and warms the EFT cache.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Literal, Optional
+
+import torch
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.utils import writer
+from nerfstudio.utils.misc import step_check
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
+from sparsefusion_ns.distillation.config import DistillationConfig
+from sparsefusion_ns.distillation.counters import TeacherCounters
+from sparsefusion_ns.distillation.novel_cameras import NovelCameraPool, build_novel_camera_pool
+from sparsefusion_ns.distillation.objective import (
+    bootstrap_losses,
+    denoised_target,
+    diffusion_losses,
+    sample_start_time,
+    upsample,
+)
+from sparsefusion_ns.distillation.teacher_cache import TeacherCache
+from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, teacher_inputs
+from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundError, load_lpips_vgg
+from sparsefusion_ns.teacher.bundle import Teacher
+from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
+
+if TYPE_CHECKING:
+    from sparsefusion_ns.model.sparsefusion_model import SparseFusionModel
+
+Phase = Literal["bootstrap", "diffusion"]
+
+
+class TeacherLoadError(RuntimeError):
+    """The teacher folder given to the distillation cannot be used (the message says why and how to fix it)."""
+
+
+def load_teacher(folder: Path, device: torch.device) -> Teacher:
+    """``Teacher.from_pretrained`` with an error that names the option and the folder."""
+    try:
+        return Teacher.from_pretrained(folder, device=device)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise TeacherLoadError(
+            f"--pipeline.model.teacher {folder}: cannot load the SparseFusion teacher: {error}. Point it at a "
+            "folder written by sf-convert-teacher (or Teacher.save_pretrained), or leave it unset to train "
+            "on the input views alone."
+        ) from error
+
+
+def phase_at(step: int, config: DistillationConfig) -> Phase:
+    """The authors' rule: bootstrap while step ≤ bootstrap_iterations (0-based), diffusion after."""
+    return "bootstrap" if step <= config.bootstrap_iterations else "diffusion"
+
+
+def perceptual_loss_needed(config: DistillationConfig, last_step: int) -> bool:
+    """Whether a run ending at ``last_step`` reaches a diffusion step with a perceptual term."""
+    return config.use_perceptual_loss and config.perceptual_weight > 0 and phase_at(last_step, config) == "diffusion"
+
+
+def load_perceptual_loss(lpips_config: LPIPSConfig, device: torch.device) -> LPIPSVGG:
+    """LPIPS-VGG for the diffusion phase; a missing weight file stops the start-up with the fix."""
+    try:
+        return load_lpips_vgg(lpips_config, device)
+    except LPIPSWeightsNotFoundError as error:
+        raise LPIPSWeightsNotFoundError(
+            f"The distillation's diffusion phase uses LPIPS-VGG as a loss (weight "
+            f"--pipeline.model.distillation.perceptual-weight). {error} Pass the file with "
+            f"--pipeline.model.lpips-vgg-weights PATH, or run without the perceptual term: "
+            f"--pipeline.model.distillation.use-perceptual-loss False."
+        ) from error
+
+
+class NovelViewStep:
+    """Step (B) of one iteration (module docstring); call it with the step number."""
+
+    def __init__(
+        self,
+        model: "SparseFusionModel",
+        teacher: Teacher,
+        pool: NovelCameraPool,
+        cache: TeacherCache,
+        counters: TeacherCounters,
+        lpips: Optional[LPIPSVGG],
+        attributes: TrainingCallbackAttributes,
+    ) -> None:
+        config = model.config.distillation
+        self.model = model
+        self.config = config
+        self.teacher = teacher
+        self.pool = pool
+        self.cache = cache
+        self.counters = counters
+        self.lpips = lpips
+        self.optimizers = attributes.optimizers
+        self.grad_scaler = attributes.grad_scaler
+        trainer = attributes.trainer
+        self.mixed_precision = bool(trainer.mixed_precision) if trainer is not None else False
+        self.steps_per_log = trainer.config.logging.steps_per_log if trainer is not None else 1
+        self.image_size = teacher.config.eft.image_size
+        self.render_cameras: Cameras = ndc_to_nerfstudio(
+            pool.cameras, (config.render_resolution, config.render_resolution)
+        ).to(model.device)
+        self.sampler = PLMSSampler(
+            PLMSSamplerConfig(max_steps=config.plms_max_steps, authors_quirks=config.plms_authors_quirks),
+            teacher.schedule,
+        )
+        self.last_losses: Dict[str, Tensor] = {}
+        """Step (B)'s weighted loss terms of the latest iteration (detached)."""
+
+    def render(self, index: int) -> tuple[Tensor, Tensor]:
+        """Pool camera ``index`` rendered with gradients, upsampled to S²: (rgb (1,3,S,S), opacity (1,1,S,S))."""
+        resolution = self.config.render_resolution
+        rays = self.render_cameras.generate_rays(camera_indices=index).flatten()
+        device_type = self.model.device.type
+        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+            outputs = self.model(rays)
+
+        def image(values: Tensor) -> Tensor:
+            return values.float().reshape(resolution, resolution, -1).permute(2, 0, 1)[None]
+
+        return (
+            upsample(image(outputs["rgb"]), self.image_size),
+            upsample(image(outputs["accumulation"]), self.image_size),
+        )
+
+    def __call__(self, step: int) -> None:
+        state = self.model.distillation_state
+        generator = state.generator()
+        index = int(torch.randint(len(self.pool), (), generator=generator))
+        view = self.cache[index]
+        eft_rgb = upsample(view.rgb[None], self.image_size)
+        rgb, opacity = self.render(index)
+
+        if phase_at(step, self.config) == "bootstrap":
+            target_image = eft_rgb
+            losses = bootstrap_losses(rgb, opacity, eft_rgb, self.config, self.model.config.huber_scale)
+        else:
+            t = sample_start_time(generator, self.config.max_start_time)
+            with self.counters.timed() as cost:
+                target = denoised_target(self.teacher, self.sampler, rgb, view.features[None], t, generator)
+                cost.vae_encodes += 1
+                cost.unet_evals += target.num_unet_evals
+                cost.vae_decodes += 1
+            target_image = target.image
+            losses = diffusion_losses(rgb, opacity, target, self.config, self.lpips)
+
+        loss = sum(losses.values())
+        self.optimizers.zero_grad_all()
+        self.grad_scaler.scale(loss).backward()
+        self.optimizers.optimizer_scaler_step_all(self.grad_scaler)
+        self.grad_scaler.update()
+        state.store(generator)
+        self.last_losses = {name: value.detach() for name, value in losses.items()}
+
+        logging_step = step_check(step, self.steps_per_log, run_at_zero=True)
+        self.counters.finish_iteration(step, log=logging_step)
+        if logging_step:
+            writer.put_dict(name="Distillation Loss Dict", scalar_dict=self.last_losses, step=step)
+        if step_check(step, self.config.log_images_every, run_at_zero=True):
+            panels = [rgb[0].detach(), target_image[0], eft_rgb[0]]
+            writer.put_image(
+                name="Distillation/render_target_eft", image=torch.cat(panels, dim=-1).permute(1, 2, 0), step=step
+            )
+
+
+def distillation_callbacks(
+    model: "SparseFusionModel", attributes: TrainingCallbackAttributes
+) -> List[TrainingCallback]:
+    """Load the teacher, build the pool and the EFT cache; return the step (B) callback."""
+    config = model.config.distillation
+    assert model.config.teacher is not None
+    device = model.device
+    teacher = load_teacher(model.config.teacher, device)
+    model.attach_teacher(teacher)
+
+    trainer = attributes.trainer
+    last_step = (
+        getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1 if trainer is not None else math.inf
+    )
+    lpips = None
+    if perceptual_loss_needed(config, last_step):
+        lpips = load_perceptual_loss(model.lpips_config(), device)
+        model.attach_lpips(lpips)
+
+    datamanager = attributes.pipeline.datamanager
+    inputs = teacher_inputs(datamanager, teacher.config.eft.image_size)
+    scene_frames = scene_frame_cameras(datamanager) if config.pool.source == "authors" else None
+    pool = build_novel_camera_pool(
+        config.pool, inputs.cameras, torch.Generator().manual_seed(config.seed), scene_frames
+    )
+    # d̄, the centre of the EFT's depth samples: mean distance of the known cameras from the origin
+    # (the authors average over the scene's frames; the honest pool only knows the inputs)
+    known = scene_frames if scene_frames is not None else inputs.cameras
+    depth_center = float(known.camera_centers().norm(dim=-1).mean())
+
+    counters = TeacherCounters(model.distillation_state, device)
+    cache = TeacherCache(
+        teacher.eft,
+        inputs.images,
+        inputs.cameras,
+        pool.cameras,
+        depth_center,
+        max_bytes=int(config.cache_max_megabytes * 2**20),
+        counters=counters,
+    )
+    cached = cache.warm_up()
+    CONSOLE.print(
+        f"Distillation: {len(pool)} pool cameras ({config.pool.source} pool), {cached} EFT views cached "
+        f"({cache.cached_bytes / 2**20:.1f} MiB) in {counters.current.teacher_seconds:.1f} s; bootstrap until "
+        f"step {config.bootstrap_iterations}, perceptual loss {'on' if lpips is not None else 'off'}."
+    )
+    step_b = NovelViewStep(model, teacher, pool, cache, counters, lpips, attributes)
+    return [
+        TrainingCallback(
+            where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+            update_every_num_iters=1,
+            func=step_b,
+        )
+    ]

@@ -1,0 +1,146 @@
+"""Resumable training checkpoints: weights, optimiser, schedule, random states and step.
+
+One folder per checkpoint, ``<output>/checkpoints/step-<8 digits>/``::
+
+    trainer_state.json     format, step, examples seen, process count, LR schedule, teacher
+                           architecture, training options (plain JSON)
+    model.safetensors      TeacherTrainingModel state dict (eft.*, unet.*; BatchNorm statistics included)
+    optimizer.pt           the optimiser's state dict (tensors and plain containers only:
+                           read back with torch.load(weights_only=True))
+    rng_state_<rank>.json  each process's Python, NumPy, torch CPU (and CUDA) generator states
+
+The data order needs no state: it is a function of the seed and the number of examples seen
+(:mod:`.datasets`). Restoring all of the above makes a resumed run take exactly the steps the
+uninterrupted run would have taken (bit for bit on the CPU; on GPUs up to the non-determinism of
+their kernels).
+
+Folders appear complete or not at all: they are written into a hidden sibling and renamed. With
+several machines, ``<output>`` must be on a file system they share.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.optim import Optimizer
+
+FORMAT_NAME = "sparsefusion-ns-teacher-training-checkpoint"
+FORMAT_VERSION = 1
+STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def checkpoint_folder(output: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives."""
+    return Path(output) / "checkpoints" / f"step-{step:08d}"
+
+
+def list_checkpoints(output: Path) -> List[Tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint of a run, oldest first."""
+    found = []
+    for folder in (Path(output) / "checkpoints").glob("step-*"):
+        suffix = folder.name.removeprefix("step-")
+        if suffix.isdigit() and (folder / STATE_FILE).is_file():
+            found.append((int(suffix), folder))
+    return sorted(found)
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """This process's global random generator states as JSON-ready values."""
+    numpy_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *(v.item() if hasattr(v, "item") else v for v in numpy_state[2:])],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    folder: Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    trainer_state: Mapping[str, Any],
+    keep: int = 0,
+) -> Path:
+    """Write a checkpoint (every process must call this; ``model`` unwrapped). Keeps the newest ``keep`` (0: all)."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rng_file = staging / f"rng_state_{accelerator.process_index}.json"
+    rng_file.write_text(json.dumps(capture_rng_state()))
+    if accelerator.is_main_process:
+        tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+        safetensors.torch.save_file(tensors, staging / MODEL_FILE, metadata={"format": FORMAT_NAME})
+        torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+        state = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **trainer_state}
+        (staging / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+        if keep:
+            for _, old in list_checkpoints(folder.parent.parent)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def read_trainer_state(folder: Path) -> Dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint folder, after checking its format."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a training checkpoint: {STATE_FILE} is missing")
+    state = json.loads(path.read_text())
+    if state.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a {FORMAT_NAME!r} file")
+    if not isinstance(state.get("format_version"), int) or state["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {state.get('format_version')!r}; upgrade sparsefusion-ns to read it")
+    return state
+
+
+def load_checkpoint(
+    folder: Path, model: nn.Module, optimizer: Optimizer, process_index: int
+) -> Tuple[Dict[str, Any], Optional[str]]:
+    """Load weights, optimiser and this process's random states; return (trainer state, a warning or None).
+
+    The warning says when no random state was saved for this process (a resume on more processes
+    than the run was saved from): those processes then continue from their fresh seeds.
+    """
+    folder = Path(folder)
+    state = read_trainer_state(folder)
+    model.load_state_dict(safetensors.torch.load_file(folder / MODEL_FILE), strict=True)
+    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    rng_file = folder / f"rng_state_{process_index}.json"
+    if not rng_file.is_file():
+        return state, f"{folder} holds no random state for process {process_index}; it continues from a fresh seed"
+    restore_rng_state(json.loads(rng_file.read_text()))
+    return state, None
