@@ -31,9 +31,11 @@ BOOTSTRAP = 2  # steps 0, 1, 2 bootstrap; 3, 4, 5 diffusion
 POOL_SIZE = 3 + 4 + 2  # input views + circle cameras + random orbit cameras
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def single_thread():
-    """One torch thread: on a small shared CPU, competing OpenMP threads make every step many times slower."""
+    """One torch thread for the whole module (set up before the module's runs, so every run uses the
+    same float summation order): on a small shared CPU, competing OpenMP threads also make every step
+    many times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -71,6 +71,7 @@ def test_outputs_cover_what_viewer_and_exporters_need(trained):
     for name, channels in (("rgb", 3), ("accumulation", 1), ("depth", 1), ("normals", 3)):
         assert outputs[name].shape == (height, width, channels), name
     assert torch.isfinite(outputs["normals"]).all()
+    assert outputs["normals"].min() >= 0 and outputs["normals"].max() <= 1  # shaded (n + 1) / 2, as ns-export expects
 
 
 def test_checkpoints_load_with_weights_only(trained):

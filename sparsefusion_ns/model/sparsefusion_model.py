@@ -28,6 +28,7 @@ from nerfstudio.model_components.renderers import (
     RGBRenderer,
 )
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider
+from nerfstudio.model_components.shaders import NormalsShader
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
@@ -152,6 +153,7 @@ class SparseFusionModel(Model):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="expected")
         self.renderer_normals = NormalsRenderer()
+        self.normals_shader = NormalsShader()
         self._lpips = None
         self._lpips_checked = False
         # Loaded when training starts (distillation_callbacks) and kept outside the module tree, like
@@ -262,13 +264,25 @@ class SparseFusionModel(Model):
         if want_normals:
             normals = field_outputs[FieldHeadNames.NORMALS].detach()
             if ray_indices is None:
-                outputs["normals"] = self.renderer_normals(normals=normals, weights=weights.detach())
+                rendered_normals = self.renderer_normals(normals=normals, weights=weights.detach())
             else:
                 import nerfacc
 
                 summed = nerfacc.accumulate_along_rays(weights.detach()[..., 0], normals, ray_indices, num_rays)
-                outputs["normals"] = torch.nn.functional.normalize(summed, dim=-1)
+                rendered_normals = torch.nn.functional.normalize(summed, dim=-1)
+            # (n + 1) / 2 in [0, 1]: the convention of nerfacto and of ns-export's normal handling.
+            outputs["normals"] = self.normals_shader(rendered_normals)
         return outputs
+
+    def get_rgba_image(self, outputs: Dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
+        """Straight-alpha RGBA: colour un-premultiplied from the black background, alpha = opacity.
+
+        ns-export keeps points whose alpha exceeds 0.5 and textures meshes from this colour; the
+        base class would report alpha = 1 everywhere for a black background.
+        """
+        accumulation = outputs[output_name.replace("rgb", "accumulation")]
+        rgb = outputs[output_name] / accumulation.clamp_min(1e-10)
+        return torch.cat([rgb.clamp(0.0, 1.0), accumulation], dim=-1)
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
         image = batch["image"].to(self.device)

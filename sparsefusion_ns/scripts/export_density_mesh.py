@@ -83,7 +83,7 @@ def density_grid(
     total = resolution**3
     volume = torch.empty(total, dtype=torch.float32)
     progress = Progress(
-        TextColumn(":cube: Evaluating the density grid"),
+        TextColumn("Evaluating the density grid"),
         BarColumn(),
         TaskProgressColumn(show_speed=True),
         TimeRemainingColumn(elapsed_when_finished=True, compact=True),

@@ -2,8 +2,8 @@
 
 One folder per checkpoint, ``<output>/checkpoints/step-<8 digits>/``::
 
-    trainer_state.json     format, step, examples seen, process count, LR schedule, teacher
-                           architecture, training options (plain JSON)
+    trainer_state.json     format, step, examples seen, process count, LR schedule, fp16 loss
+                           scale, teacher architecture, training options (plain JSON)
     model.safetensors      TeacherTrainingModel state dict (eft.*, unet.*; BatchNorm statistics included)
     optimizer.pt           the optimiser's state dict (tensors and plain containers only:
                            read back with torch.load(weights_only=True))

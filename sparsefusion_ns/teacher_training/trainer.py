@@ -166,7 +166,7 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
     schedule = StepDecaySchedule(optimizer, config.lr_decay_every, config.lr_decay_factor)
     set_seed(config.seed, device_specific=True)  # transformer dropout differs between processes
 
-    step, examples_seen = 0, 0
+    step, examples_seen, state = 0, 0, None
     if resume is not None:
         state, warning = load_checkpoint(resume, model, optimizer, accelerator.process_index)
         if state["teacher_config"] != _json(teacher_config.to_dict()):
@@ -180,6 +180,8 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
 
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: TeacherTrainingModel = accelerator.unwrap_model(model)
+    if accelerator.scaler is not None and state is not None and state.get("grad_scaler"):
+        accelerator.scaler.load_state_dict(state["grad_scaler"])  # fp16 loss scale
     run = TrainingRun(step=step)
 
     def trainer_state() -> Dict[str, Any]:
@@ -188,6 +190,7 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
             "examples_seen": examples_seen,
             "num_processes": accelerator.num_processes,
             "lr_schedule": schedule.state_dict(),
+            "grad_scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict(),
             "teacher_config": _json(teacher_config.to_dict()),
             "training_config": config.to_json_dict(),
         }
