@@ -95,8 +95,9 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def reseed_at(step: int) -> TrainingCallback:
-    """Reset the global generators before ``step``: nerfstudio's step-A ray sampling uses them and
-    its checkpoints do not store them, so this lines up a resumed run with an uninterrupted one."""
+    """Reset the global generators before ``step``. Nerfstudio's step (A) draws its rays (and the
+    render its stratified samples) from them and its checkpoints do not store them: this lines up
+    a run resumed at ``step`` with an uninterrupted one. Step (B)'s own stream is checkpointed."""
     return TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], lambda step: seed_everything(7), iters=(step,))
 
 
@@ -218,6 +219,7 @@ def test_resume_mid_distillation_reaches_the_same_state(distilled, scene, teache
         load_dir=reference_config.get_checkpoint_dir(),
     )  # fmt: skip
     config.load_step = BOOTSTRAP
+    seed_everything()  # as ns-train does at launch: nerfstudio's image cache order comes from `random`
     resumed = run(config, [reseed_at(BOOTSTRAP + 1)])
     assert resumed._start_step == BOOTSTRAP + 1
     expected = reference.pipeline.model.state_dict()

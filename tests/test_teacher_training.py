@@ -376,9 +376,10 @@ def test_cli_parses_the_documented_options_and_reports_errors_without_traceback(
     with pytest.raises(SystemExit) as exit_info:
         cli_main(
             TeacherTrainingConfig(
-                output=tmp_path / "run", data=DataConfig(root=tmp_path / "nowhere"), vae=tiny_teacher, architecture="tiny"
+                output=tmp_path / "run", data=DataConfig(root=tmp_path / "nowhere"),
+                vae=tiny_teacher, architecture="tiny",
             )
-        )
+        )  # fmt: skip
     assert exit_info.value.code == 1
     message = capsys.readouterr().out
     assert "CO3Dv2 root" in message and "does not exist" in message and "Traceback" not in message

@@ -153,6 +153,7 @@ class NovelViewStep:
         eft_rgb = upsample(view.rgb[None], self.image_size)
         rgb, opacity = self.render(index)
 
+        target_time = None
         if phase_at(step, self.config) == "bootstrap":
             target_image = eft_rgb
             losses = bootstrap_losses(rgb, opacity, eft_rgb, self.config, self.model.config.huber_scale)
@@ -163,7 +164,7 @@ class NovelViewStep:
                 cost.vae_encodes += 1
                 cost.unet_evals += target.num_unet_evals
                 cost.vae_decodes += 1
-            target_image = target.image
+            target_image, target_time = target.image, target.t
             losses = diffusion_losses(rgb, opacity, target, self.config, self.lpips)
 
         loss = sum(losses.values())
@@ -178,6 +179,8 @@ class NovelViewStep:
         self.counters.finish_iteration(step, log=logging_step)
         if logging_step:
             writer.put_dict(name="Distillation Loss Dict", scalar_dict=self.last_losses, step=step)
+            if target_time is not None:
+                writer.put_scalar(name="Distillation/start_time", scalar=target_time, step=step)
         if step_check(step, self.config.log_images_every, run_at_zero=True):
             panels = [rgb[0].detach(), target_image[0], eft_rgb[0]]
             writer.put_image(

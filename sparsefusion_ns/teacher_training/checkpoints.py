@@ -57,10 +57,11 @@ def list_checkpoints(output: Path) -> List[Tuple[int, Path]]:
 
 def capture_rng_state() -> Dict[str, Any]:
     """This process's global random generator states as JSON-ready values."""
-    numpy_state = np.random.get_state()
+    python_version, python_internal, python_gauss = random.getstate()
+    numpy_name, numpy_keys, numpy_position, numpy_has_gauss, numpy_cached = np.random.get_state()
     state: Dict[str, Any] = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *(v.item() if hasattr(v, "item") else v for v in numpy_state[2:])],
+        "python": [python_version, list(python_internal), python_gauss],
+        "numpy": [numpy_name, numpy_keys.tolist(), int(numpy_position), int(numpy_has_gauss), float(numpy_cached)],
         "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -123,7 +124,9 @@ def read_trainer_state(folder: Path) -> Dict[str, Any]:
     if state.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a {FORMAT_NAME!r} file")
     if not isinstance(state.get("format_version"), int) or state["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {state.get('format_version')!r}; upgrade sparsefusion-ns to read it")
+        raise ValueError(
+            f"{path} has format_version {state.get('format_version')!r}; upgrade sparsefusion-ns to read it"
+        )
     return state
 
 

@@ -37,7 +37,8 @@ class DataConfig:
     (d̄: mean camera distance from the world origin), a range made for CO3D's scale."""
     apply_mask: bool = True
     """Multiply every image by its foreground mask (black background, as the released teachers);
-    False trains a teacher on unmasked images. Frames without a mask count as all foreground."""
+    False trains a teacher on unmasked images. (nerfstudio frames without a mask count as all
+    foreground; CO3D frames without one are not used.)"""
     mask_threshold: float = 0.4
     """Foreground probability above which a pixel belongs to the object's crop box."""
     box_context: float = 0.3

@@ -107,7 +107,8 @@ def _to(value: Tensor | NDCCameras, device: torch.device | str) -> Tensor | NDCC
 def _pin(value: Tensor | NDCCameras) -> Tensor | NDCCameras:
     if isinstance(value, Tensor):
         return value.pin_memory()
-    return NDCCameras(*(tensor.pin_memory() for tensor in (value.R, value.T, value.focal_length, value.principal_point)))
+    tensors = (value.R, value.T, value.focal_length, value.principal_point)
+    return NDCCameras(*(tensor.pin_memory() for tensor in tensors))
 
 
 class QueryContextDataset(Dataset):

@@ -105,7 +105,8 @@ class LatentCache:
         if not path.is_file():
             return False
         found = json.loads(path.read_text())
-        differences = sorted(key for key in set(found) | set(self.fingerprint) if found.get(key) != self.fingerprint.get(key))
+        keys = set(found) | set(self.fingerprint)
+        differences = sorted(key for key in keys if found.get(key) != self.fingerprint.get(key))
         if differences:
             raise ValueError(
                 f"the latent cache {self.folder} was made with other settings (differing: {', '.join(differences)}); "

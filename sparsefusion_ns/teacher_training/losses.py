@@ -95,7 +95,7 @@ def diffusion_loss(
 def pseudo_huber(
     x: Float[Tensor, "*shape"], y: Float[Tensor, "*shape"], delta: float
 ) -> Float[Tensor, "*shape"]:
-    """(sqrt(1 + (x − y)²/δ²) − 1) · δ: quadratic for |x − y| ≪ δ, linear beyond (upstream clamps at 1e-4)."""
+    """(sqrt(1 + (x − y)²/δ²) − 1) · δ: quadratic for |x − y| ≪ δ, linear beyond."""
     return ((1 + (x - y) ** 2 / delta**2).clamp(min=1e-4).sqrt() - 1) * delta
 
 

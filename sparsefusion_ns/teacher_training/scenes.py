@@ -61,9 +61,6 @@ class LoadedFrame:
 class SceneCollection(ABC):
     """Scenes of frames; a scene is addressed by its index, a frame by its index within the scene."""
 
-    description: str
-    """What the scenes are, for messages."""
-
     def __init__(self, config: DataConfig, image_size: int) -> None:
         self.config = config
         self.preprocessing = Co3dPreprocessing(image_size, config.mask_threshold, config.box_context)
@@ -114,8 +111,6 @@ class SceneCollection(ABC):
 class Co3dScenes(SceneCollection):
     """Sequences of CO3Dv2 categories (module docstring); scene keys are ``<category>/<sequence>``."""
 
-    description = "CO3Dv2 sequences"
-
     def __init__(self, config: DataConfig, image_size: int) -> None:
         super().__init__(config, image_size)
         self.root = Path(config.root)
@@ -160,8 +155,6 @@ class Co3dScenes(SceneCollection):
 
 class NerfstudioScenes(SceneCollection):
     """nerfstudio-format scenes (module docstring); scene keys are the scene folders' names."""
-
-    description = "nerfstudio scenes"
 
     def __init__(self, config: DataConfig, image_size: int) -> None:
         super().__init__(config, image_size)
@@ -222,8 +215,9 @@ class NerfstudioScenes(SceneCollection):
             mask = rgba[..., 3]
         else:
             mask = np.ones(rgba.shape[:2], dtype=np.float32)  # unmasked data: all foreground
+        pixels = dict(dtype=torch.float64)
         focal, principal = pixel_to_ndc_intrinsics(
-            torch.tensor([[fx, fy]], dtype=torch.float64), torch.tensor([[cx, cy]], dtype=torch.float64), (height, width)
+            torch.tensor([[fx, fy]], **pixels), torch.tensor([[cx, cy]], **pixels), (height, width)
         )
         processed = preprocess_arrays(
             torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).contiguous(),

@@ -98,7 +98,10 @@ def resolve_resume(config: TeacherTrainingConfig) -> Optional[Path]:
     return None
 
 
-def resolve_teacher(config: TeacherTrainingConfig) -> Tuple[TeacherConfig, Optional[Dict[str, Dict[str, torch.Tensor]]]]:
+StateDicts = Dict[str, Dict[str, torch.Tensor]]
+
+
+def resolve_teacher(config: TeacherTrainingConfig) -> Tuple[TeacherConfig, Optional[StateDicts]]:
     """(architecture, initial EFT/UNet state dicts or None) from ``init_teacher`` or ``architecture``."""
     if config.init_teacher is None:
         return config.teacher_architecture(), None
@@ -285,7 +288,11 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
             "vae": str(config.vae if config.vae is not None else config.init_teacher),
             "init_teacher": None if config.init_teacher is None else str(config.init_teacher),
         }
-        state_dicts = {"eft": unwrapped.eft.state_dict(), "unet": unwrapped.unet.state_dict(), "vae": vae.autoencoder.state_dict()}
+        state_dicts = {
+            "eft": unwrapped.eft.state_dict(),
+            "unet": unwrapped.unet.state_dict(),
+            "vae": vae.autoencoder.state_dict(),
+        }
         run.teacher = write_teacher_folder(output / "teacher", teacher_config, state_dicts, provenance, overwrite=True)
         CONSOLE.print(f"Teacher written to {escape(str(run.teacher))} (step {step})")
     accelerator.wait_for_everyone()
@@ -316,7 +323,9 @@ class _Logger:
                 TimeRemainingColumn(),
                 console=CONSOLE,
             )
-            self.task = self.progress.add_task("train", total=config.max_steps, completed=start_step, rate=0.0, loss=0.0)
+            self.task = self.progress.add_task(
+                "train", total=config.max_steps, completed=start_step, rate=0.0, loss=0.0
+            )
             self.progress.start()
         self.rate = 0.0
         self.window_started = time.perf_counter()
