@@ -259,6 +259,19 @@ def test_loss_falls_when_overfitting_one_example(co3d, tiny_teacher):
         assert after[name] < 0.5 * before[name], (name, before, after)
 
 
+def test_bf16_autocast_runs_the_unet_in_bf16_and_the_eft_in_float32(co3d):
+    scenes = Co3dScenes(DataConfig(root=co3d.root, categories=(co3d.category,)), IMAGE_SIZE)
+    example = QueryContextDataset(scenes, ViewSamplingConfig(), seed=0)[SampleKey(1, 2)]
+    model = TeacherTrainingModel(TeacherConfig.tiny())
+    draws = draw_diffusion_inputs(12, (4, 8, 8), 0.999, 0.1, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grid = model.eft_grid(example.context_images, example.context_cameras, example.query_camera, 5.0)
+        eps = model.unet(draws.noise, model.schedule.log_snr(draws.t), grid.features[None].expand(12, -1, -1, -1))
+        losses = model(example, torch.zeros(4, 8, 8), draws)
+    assert grid.features.dtype == torch.float32 and eps.dtype == torch.bfloat16
+    assert all(torch.isfinite(value) for value in losses.values())
+
+
 def test_step_decay_schedule_halves_every_step_size_and_saves_plain_json():
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=5e-5)
     schedule = StepDecaySchedule(optimizer, step_size=3, gamma=0.5)

@@ -98,23 +98,29 @@ class TeacherTrainingModel(nn.Module):
 
         Cameras are in the query's view frame. Rays: the ``g x g`` NDC grid with the image's
         half-pixel margin; ``D`` samples uniform in view depth over ``depth_center ± depth_half_range``.
+
+        The EFT always runs in float32, also under mixed-precision autocast: its camera geometry
+        (projections, camera centres, Plücker coordinates) would lose too much in 16 bits, and
+        autocast would mix dtypes inside it. Only the UNet runs in reduced precision.
         """
         config = self.config.eft
         g, size = config.grid_size, config.image_size
         if tuple(context_images.shape[-2:]) != (size, size):
             raise ValueError(f"context images are {tuple(context_images.shape[-2:])}, the EFT expects {size}x{size}")
-        xy = ndc_ray_grid(g, size).to(context_images)
-        origins, directions = query_rays(query_camera, xy)
-        r = config.depth_half_range
-        lengths = torch.linspace(depth_center - r, depth_center + r, config.n_points_per_ray).to(context_images)
-        out = self.eft(
-            context_images,
-            context_cameras,
-            origins.reshape(-1, 3),
-            directions.reshape(-1, 3),
-            lengths.expand(g * g, -1),
-            rays_per_chunk=g * g,  # one pass: chunking saves no memory when training
-        )
+        with torch.autocast(context_images.device.type, enabled=False):
+            images = context_images.float()
+            xy = ndc_ray_grid(g, size).to(images)
+            origins, directions = query_rays(query_camera.to(torch.float32), xy)
+            r = config.depth_half_range
+            lengths = torch.linspace(depth_center - r, depth_center + r, config.n_points_per_ray).to(images)
+            out = self.eft(
+                images,
+                context_cameras.to(torch.float32),
+                origins.reshape(-1, 3),
+                directions.reshape(-1, 3),
+                lengths.expand(g * g, -1),
+                rays_per_chunk=g * g,  # one pass: chunking saves no memory when training
+            )
         return EFTGrid(rgb=out.rgb.T.reshape(3, g, g), features=out.features.T.reshape(-1, g, g), xy_ndc=xy)
 
     def forward(

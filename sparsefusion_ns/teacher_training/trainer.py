@@ -7,8 +7,8 @@ DDP averages the gradients, so N processes take N examples per optimiser step. O
    (loaded by DataLoader workers);
 2. the query latent z_0: from the latent cache, or ``vae.encode(query image)`` (frozen, float32);
 3. the diffusion draws (t, ε, condition dropout) from a generator seeded by the example's position;
-4. ``loss = L_diff + w · L_eft`` from :class:`~.model.TeacherTrainingModel` (under autocast when
-   mixed precision is on), backward, Adam step, learning-rate step decay.
+4. ``loss = L_diff + w · L_eft`` from :class:`~.model.TeacherTrainingModel` (the UNet under
+   autocast when mixed precision is on), backward, Adam step, learning-rate step decay.
 
 Around it: a rich progress bar (loss, steps/s), tensorboard scalars every ``log_every`` steps
 (averaged over the window and over processes), a sample grid every ``sample_every`` steps,
