@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sparsefusion_ns.model.losses import pseudo_huber
 from sparsefusion_ns.teacher.diffusion_schedule import CosineLogSNRSchedule
 from sparsefusion_ns.teacher.unet import VLDMUNet
 
@@ -90,13 +91,6 @@ def diffusion_loss(
     mask = valid[None, None]
     per_copy = ((eps_hat.float() * mask - draws.noise * mask) ** 2).mean(dim=(1, 2, 3))
     return (per_copy * schedule.p2_loss_weight(draws.t).to(per_copy.device)).mean()
-
-
-def pseudo_huber(
-    x: Float[Tensor, "*shape"], y: Float[Tensor, "*shape"], delta: float
-) -> Float[Tensor, "*shape"]:
-    """(sqrt(1 + (x − y)²/δ²) − 1) · δ: quadratic for |x − y| ≪ δ, linear beyond."""
-    return ((1 + (x - y) ** 2 / delta**2).clamp(min=1e-4).sqrt() - 1) * delta
 
 
 def eft_colour_loss(
