@@ -145,7 +145,10 @@ def test_elevation_jitter_is_bounded_and_keeps_distance_and_azimuth():
     assert float(change.abs().max()) > 0.5 * jitter  # 40 uniform draws: it does jitter
     torch.testing.assert_close((after - pivot).norm(dim=-1), (before - pivot).norm(dim=-1), atol=1e-4, rtol=0)
     # the jitter moves a camera within the vertical plane through the pivot: azimuth unchanged
-    horizontal = lambda x: torch.nn.functional.normalize((x - pivot) - ((x - pivot) @ up)[:, None] * up, dim=-1)  # noqa: E731
+    def horizontal(x: torch.Tensor) -> torch.Tensor:
+        offsets = x - pivot
+        return torch.nn.functional.normalize(offsets - (offsets @ up)[:, None] * up, dim=-1)
+
     torch.testing.assert_close(horizontal(after), horizontal(before), atol=1e-4, rtol=0)
     # jittered cameras still look at the point
     torch.testing.assert_close(
@@ -230,7 +233,8 @@ def test_eft_queries_run_in_the_query_frame(tiny_teacher, single_thread):
     rgb, features = tiny_teacher.eft.query(images, inputs, query)
     # a rotation of the world about its origin keeps d̄ (a mean distance to the origin) and the answer
     rotation = _random_rotation(7)
-    moved = tiny_teacher.eft.query(images, _moved(inputs, rotation, torch.zeros(3)), _moved(query, rotation, torch.zeros(3)))
+    no_shift = torch.zeros(3)
+    moved = tiny_teacher.eft.query(images, _moved(inputs, rotation, no_shift), _moved(query, rotation, no_shift))
     # atol: float32 round-off of the relative poses (~1e-6) through the tiny EFT, observed ≤ 2e-6
     torch.testing.assert_close(moved[0], rgb, atol=1e-5, rtol=0)
     torch.testing.assert_close(moved[1], features, atol=1e-5, rtol=0)

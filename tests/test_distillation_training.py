@@ -98,7 +98,9 @@ def reseed_at(step: int) -> TrainingCallback:
     """Reset the global generators before ``step``. Nerfstudio's step (A) draws its rays (and the
     render its stratified samples) from them and its checkpoints do not store them: this lines up
     a run resumed at ``step`` with an uninterrupted one. Step (B)'s own stream is checkpointed."""
-    return TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], lambda step: seed_everything(7), iters=(step,))
+    return TrainingCallback(
+        [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], lambda step: seed_everything(7), iters=(step,)
+    )
 
 
 def run(config: TrainerConfig, extra_callbacks: tuple = ()) -> Trainer:
@@ -178,6 +180,10 @@ def test_both_phases_run_and_are_counted(distilled):
     assert last_total == counters.unet_evals
     for name in ("vae_encodes", "vae_decodes", "eft_queries", "teacher_seconds"):
         assert f"Distillation/{name}_total" in scalars
+    # every diffusion step draws a new start time: step (B)'s stream advances from step to step
+    times = [e.value for e in logged["accumulator"].Scalars("Distillation/start_time")]
+    assert len(times) == diffusion_steps and len(set(times)) == diffusion_steps
+    assert all(0 <= t < 0.99 for t in times)
     # [render | target | EFT colour] of the same pool camera, every 2 steps, at the teacher's 64² size
     assert logged["images"]["Distillation/render_target_eft"] == [0, 2, 4]
     image = logged["accumulator"].Images("Distillation/render_target_eft")[0]
@@ -189,7 +195,8 @@ def test_teacher_stays_frozen_outside_the_checkpoint(distilled):
     teacher = trainer.pipeline.model.teacher
     assert teacher is not None and not teacher.training and not any(m.training for m in teacher.modules())
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
-    assert not any(name.startswith(("teacher", "_teacher")) for name, _ in trainer.pipeline.model.named_modules() if name)
+    module_names = [name for name, _ in trainer.pipeline.model.named_modules()]
+    assert not any(name.startswith(("teacher", "_teacher")) for name in module_names)
     checkpoint = config.get_checkpoint_dir() / f"step-{ITERATIONS - 1:09d}.ckpt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # the torch ≥ 2.6 default
     keys = list(state["pipeline"])
@@ -270,12 +277,15 @@ def test_missing_lpips_weights_stop_start_up_only_when_needed(scene, teacher_fol
     assert step_b(_setup(short)).lpips is None
 
 
-def test_runs_without_the_perceptual_term(scene, teacher_folder, tmp_path):
+def test_runs_without_the_perceptual_term_and_with_the_authors_pool(scene, teacher_folder, tmp_path):
     config = distillation_config(scene, tmp_path, teacher_folder, tmp_path / "absent_vgg16.pth", iterations=4)
     config.pipeline.model.distillation.use_perceptual_loss = False
+    config.pipeline.model.distillation.pool.source = "authors"
     trainer = run(config)
     assert set(step_b(trainer).last_losses) == {"novel_l1_loss", "novel_opacity_loss"}
     assert step_b(trainer).counters.totals().vae_encodes == 4 - (BOOTSTRAP + 1)
+    # the authors' pool: all 12 scene frames (the held-out ones included) plus the circle
+    assert step_b(trainer).pool.kinds == ("frame",) * 12 + ("circle",) * 4
 
 
 def test_command_line_names():
@@ -299,5 +309,7 @@ def test_command_line_names():
     defaults = sparsefusion_config()
     assert defaults.max_num_iterations == 3000 and defaults.pipeline.model.teacher is None
     distillation = defaults.pipeline.model.distillation
-    assert (distillation.render_resolution, distillation.bootstrap_iterations, distillation.plms_max_steps) == (128, 1000, 50)
-    assert (distillation.pool.source, distillation.pool.num_circle_cameras, distillation.pool.elevation_jitter) == ("inputs", 50, 0.17)
+    assert (distillation.render_resolution, distillation.bootstrap_iterations) == (128, 1000)
+    assert (distillation.plms_max_steps, distillation.max_start_time, distillation.perceptual_weight) == (50, 0.99, 0.1)
+    pool = distillation.pool
+    assert (pool.source, pool.num_circle_cameras, pool.elevation_jitter) == ("inputs", 50, 0.17)

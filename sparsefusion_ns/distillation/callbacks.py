@@ -17,7 +17,6 @@ weights if the diffusion phase needs them, builds the camera pool and warms the 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Literal, Optional
 
@@ -115,9 +114,8 @@ class NovelViewStep:
         self.lpips = lpips
         self.optimizers = attributes.optimizers
         self.grad_scaler = attributes.grad_scaler
-        trainer = attributes.trainer
-        self.mixed_precision = bool(trainer.mixed_precision) if trainer is not None else False
-        self.steps_per_log = trainer.config.logging.steps_per_log if trainer is not None else 1
+        self.mixed_precision = bool(attributes.trainer.mixed_precision)
+        self.steps_per_log = attributes.trainer.config.logging.steps_per_log
         self.image_size = teacher.config.eft.image_size
         self.render_cameras: Cameras = ndc_to_nerfstudio(
             pool.cameras, (config.render_resolution, config.render_resolution)
@@ -175,9 +173,8 @@ class NovelViewStep:
         state.store(generator)
         self.last_losses = {name: value.detach() for name, value in losses.items()}
 
-        logging_step = step_check(step, self.steps_per_log, run_at_zero=True)
-        self.counters.finish_iteration(step, log=logging_step)
-        if logging_step:
+        self.counters.finish_iteration(step)  # every iteration: the cost record is complete
+        if step_check(step, self.steps_per_log, run_at_zero=True):
             writer.put_dict(name="Distillation Loss Dict", scalar_dict=self.last_losses, step=step)
             if target_time is not None:
                 writer.put_scalar(name="Distillation/start_time", scalar=target_time, step=step)
@@ -199,9 +196,7 @@ def distillation_callbacks(
     model.attach_teacher(teacher)
 
     trainer = attributes.trainer
-    last_step = (
-        getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1 if trainer is not None else math.inf
-    )
+    last_step = trainer._start_step + trainer.config.max_num_iterations - 1  # _start_step: after a resume
     lpips = None
     if perceptual_loss_needed(config, last_step):
         lpips = load_perceptual_loss(model.lpips_config(), device)

@@ -80,7 +80,8 @@ class TeacherCounters:
     def totals(self) -> TeacherCost:
         """Running totals since the start of the distillation (checkpointed)."""
         values = dict(zip(COST_NAMES, self._state.totals.tolist()))
-        return TeacherCost(**{name: value if name == "teacher_seconds" else round(value) for name, value in values.items()})
+        counts = {name: round(value) for name, value in values.items() if name != "teacher_seconds"}
+        return TeacherCost(**counts, teacher_seconds=values["teacher_seconds"])
 
     def _synchronize(self) -> None:
         if self._device.type == "cuda":

@@ -104,8 +104,10 @@ class SparseFusionModelConfig(ModelConfig):
     predict_normals: bool = True
     """Render normals (−∇σ) when not training, for ns-export's point cloud and Poisson mesh."""
     lpips_vgg_weights: Optional[Path] = None
-    """Local VGG-16 backbone weights for the LPIPS eval metric (torchvision vgg16 layout). Without it
-    (or `lpips_lin_weights`), LPIPS is skipped with one warning; nothing is ever downloaded."""
+    """Local VGG-16 backbone weights for LPIPS-VGG (torchvision's vgg16-397923af.pth layout), used by
+    the distillation's perceptual loss (start-up fails without it, unless
+    distillation.use-perceptual-loss is False) and the eval metric (skipped with one warning without
+    it). Nothing is ever downloaded."""
     lpips_lin_weights: Optional[Path] = None
     """Local LPIPS linear-head weights (the lpips package's weights/v0.1/vgg.pth); found
     automatically when the `lpips` package is installed."""
