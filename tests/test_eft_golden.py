@@ -273,3 +273,28 @@ def test_config_round_trips_through_json():
     assert EFTConfig.full() == EFTConfig()
     with pytest.raises(ValueError, match="unknown EFTConfig fields"):
         EFTConfig.from_dict({"d_modle": 8})
+
+
+def test_eft_runs_under_bfloat16_autocast():
+    """Mixed precision (teacher training with --mixed-precision bf16): geometry stays float32."""
+    from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
+    from sparsefusion_ns.teacher.eft import EFTConfig, EpipolarFeatureTransformer
+
+    config = EFTConfig.tiny()
+    eft = EpipolarFeatureTransformer(config).eval()
+    views = 2
+    angle = torch.tensor(0.3)
+    rotation = torch.tensor([[torch.cos(angle), 0, torch.sin(angle)], [0, 1, 0], [-torch.sin(angle), 0, torch.cos(angle)]])
+    cameras = NDCCameras(
+        R=torch.stack([torch.eye(3), rotation]),
+        T=torch.tensor([[0.0, 0.0, 6.0], [0.0, 0.0, 6.0]]),
+        focal_length=torch.full((views, 2), 2.0),
+        principal_point=torch.zeros(views, 2),
+    )
+    images = torch.rand(views, 3, config.image_size, config.image_size)
+    origins = torch.zeros(5, 3)
+    directions = torch.nn.functional.normalize(torch.randn(5, 3) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    lengths = torch.linspace(3, 9, config.n_points_per_ray).expand(5, -1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = eft(images, cameras, origins, directions, lengths)
+    assert torch.isfinite(out.rgb.float()).all() and out.features.shape == (5, config.d_model)

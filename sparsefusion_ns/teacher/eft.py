@@ -233,11 +233,15 @@ class EpipolarFeatureTransformer(nn.Module):
         features = self.sample_features(latent, images, cameras, points.reshape(-1, 3))
         features = features.reshape(len(cameras), n, d, -1)
 
-        centres = cameras.camera_centers()[:, None, None, :].expand(-1, n, d, -1)
-        reference = plucker(centres, points[None] - centres)
-        query = plucker(origins, directions)
-        embed = self.harmonic_embedding
-        return embed(query), embed(reference), embed(lengths[..., None]), features
+        # Camera geometry and harmonic embeddings stay in float32 under autocast: torch.cross refuses
+        # mixed dtypes, and sin/cos of 32·x lose their precision in bfloat16.
+        with torch.autocast(device_type=origins.device.type, enabled=False):
+            centres = cameras.camera_centers().float()[:, None, None, :].expand(-1, n, d, -1)
+            points = points.float()
+            reference = plucker(centres, points[None] - centres)
+            query = plucker(origins.float(), directions.float())
+            embed = self.harmonic_embedding
+            return embed(query), embed(reference), embed(lengths.float()[..., None]), features
 
     # -------------------------------------------------------------------- transformer stack
     def forward_points(
