@@ -24,6 +24,11 @@ On a shared machine, load from other processes skews whichever method happens to
 spike, so the methods are timed in alternating blocks (``--rounds``) and the table reports both
 the mean and the median seconds per iteration. ``--profile`` adds a ``torch.profiler`` table
 (top operators by self CPU time) of a few iterations of each method.
+
+Threads: on a small machine shared with other busy processes, torch's intra-op threads wait on one
+another. Measured on a 2-core machine, sparsefusion-tiny at 512 rays: at load ≈ 1.2, 2 threads ran
+1.7× faster than 1; at load 2–4, 2.3–4× slower; at load ≈ 9, 13× slower. Pass ``--threads 1``
+on a busy machine; elsewhere the default uses the cores.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 from torch import nn
 
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
@@ -109,8 +115,6 @@ def build(name: str, config: TrainerConfig) -> Contender:
     """Set up the pipeline, optimizers and callbacks as nerfstudio's Trainer does."""
     torch.manual_seed(0)
     pipeline = config.pipeline.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
-    from nerfstudio.engine.optimizers import Optimizers
-
     optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
     callbacks = pipeline.get_training_callbacks(
         TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
@@ -195,7 +199,8 @@ def main() -> None:
         input_views = INPUT_VIEWS if args.scene != "demo" else (0, 1, 2)
         print(f"scene {scene}, input views {input_views}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, tinycudann importable: {TCNN_EXISTS}")
-        print("nerfacto: implementation='torch'; torchmetrics LPIPS replaced by an offline stub (never called in training)")
+        print("nerfacto: implementation='torch'; torchmetrics LPIPS replaced by an offline stub "
+              "(only eval metrics use it)")
         print(f"load average before: {load_average()}")
 
         results: List[Contender] = []
@@ -222,7 +227,8 @@ def main() -> None:
             print(f"  done {rays} rays, load average {load_average()}")
 
     print(f"load average after: {load_average()}\n")
-    header = f"{'method':<20} {'rays/batch':>10} {'s/it mean':>10} {'s/it median':>12} {'it/s':>7} {'ours/nerfacto it/s':>19}"
+    header = (f"{'method':<20} {'rays/batch':>10} {'s/it mean':>10} {'s/it median':>12} {'it/s':>7} "
+              f"{'ours/nerfacto it/s':>19}")
     print(header)
     print("-" * len(header))
     by_rays: Dict[int, Dict[str, float]] = {}

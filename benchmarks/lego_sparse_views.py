@@ -4,6 +4,7 @@ Not a test. Run with::
 
     python benchmarks/lego_sparse_views.py [--method sparsefusion-tiny] [--iterations 300]
         [--input-views 0 16 33 | --num-input-views 3 --seed 0] [--scene PATH] [--output FILE.json]
+        [--eval-at-init] [--eval-stride K] [--threads N]
 
 Trains the method (input-view step A only: there is no diffusion teacher here, so this is the
 plain sparse-view NeRF baseline) with nerfstudio's ``Trainer`` in-process, then renders every
@@ -21,7 +22,10 @@ training rays. Normals are not rendered (``predict_normals=False``): no metric u
 The default input views 0, 16, 33 of lego_dev lie at azimuths ≈ 91°, 187°, 312° and elevations
 ≈ 17°, 37°, 52°: roughly evenly around the object. Writes a JSON with the settings, the training
 time, the per-view metrics (plus the IoU of the rendered silhouette, opacity > 0.5, with the
-mask: a measure of geometry alone) and their means (``--eval-at-init`` adds the same for the untrained field).
+mask: a measure of geometry alone) and their means; ``--eval-at-init`` adds the same for the
+untrained field (fog: σ ≈ 1 everywhere, albedo ≈ 0.5), the baseline the training must beat.
+
+On a small CPU shared with other busy processes pass ``--threads 1`` (see bench_iteration_speed.py).
 """
 
 from __future__ import annotations
