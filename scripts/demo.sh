@@ -13,9 +13,9 @@ $BIN/ns-train sparsefusion-tiny --data demo/scene --output-dir demo/outputs --ex
   --timestamp run --vis tensorboard --max-num-iterations "$ITERATIONS" \
   sparse-views --input-views 0 8 16
 CONFIG=demo/outputs/demo/sparsefusion-tiny/run/config.yml
-$BIN/ns-eval --load-config "$CONFIG" --output-path demo/eval.json
+$BIN/sf-eval --load-config "$CONFIG" --output-dir demo/eval
 $BIN/sf-export-density-mesh --load-config "$CONFIG" --output-dir demo/mesh
 echo
-echo "Held-out view metrics: demo/eval.json"
+echo "Held-out view metrics: demo/eval/metrics.json (contact sheet: demo/eval/contact_sheet.png)"
 echo "Mesh:                  demo/mesh/"
 echo "Watch a run live:      $BIN/ns-viewer --load-config $CONFIG"
