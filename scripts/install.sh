@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 TORCH_SPEC=${TORCH_SPEC-"torch==2.14.1 torchvision==0.29.1"}
 
-if [ ! -x .venv/bin/python ]; then
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   echo "[install] creating .venv with $PYTHON"
+  rm -rf .venv  # absent, or left half-made by an interrupted run
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
