@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One command from a fresh clone: install, generate the demo scene, train `sparsefusion-tiny` on 3 of
 # its views (CPU is fine), evaluate the held-out views and export a mesh. Outputs go to ./demo/.
-#   ITERATIONS   training iterations (default 300, about 2–3 minutes on 2 CPU cores)
+#   ITERATIONS   training iterations (default 1000, about 3 minutes on 2 idle CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ITERATIONS=${ITERATIONS:-300}
+ITERATIONS=${ITERATIONS:-1000}
 bash scripts/install.sh
 BIN=.venv/bin
 
