@@ -14,7 +14,8 @@ $BIN/ns-train sparsefusion-tiny --data demo/scene --output-dir demo/outputs --ex
   sparse-views --input-views 0 8 16
 CONFIG=demo/outputs/demo/sparsefusion-tiny/run/config.yml
 $BIN/sf-eval --load-config "$CONFIG" --output-dir demo/eval
-$BIN/sf-export-density-mesh --load-config "$CONFIG" --output-dir demo/mesh
+# The demo object fits in [-1, 1]^3; a tighter box leaves out floaters that three views cannot rule out.
+$BIN/sf-export-density-mesh --load-config "$CONFIG" --output-dir demo/mesh --bounds-half-extent 1.0
 echo
 echo "Held-out view metrics: demo/eval/metrics.json (contact sheet: demo/eval/contact_sheet.png)"
 echo "Mesh:                  demo/mesh/"
