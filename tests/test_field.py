@@ -22,13 +22,18 @@ def samples_at(positions: torch.Tensor) -> RaySamples:
     )
 
 
-def test_density_starts_as_a_blob_at_the_centre():
-    field = SparseFusionField(TINY)
+def zero_mlp(field: SparseFusionField) -> None:
+    """h = 0 everywhere: the density is the blob alone."""
     with torch.no_grad():
         for module in field.mlp:
             if isinstance(module, torch.nn.Linear):
                 module.weight.zero_()
                 module.bias.zero_()
+
+
+def test_density_starts_as_a_blob_at_the_centre():
+    field = SparseFusionField(TINY)
+    zero_mlp(field)
     centre = field.density_at(torch.zeros(1, 3))
     far = field.density_at(torch.tensor([[1.5, 0.0, 0.0]]))
     # h = 0 everywhere: σ(0) = exp(5), σ(1.5) = exp(5·exp(−1.5²/0.08)) ≈ 1.
@@ -52,11 +57,7 @@ def test_outside_the_box_is_empty_and_colours_are_albedo():
 
 def test_normals_point_away_from_the_blob():
     field = SparseFusionField(TINY)
-    with torch.no_grad():
-        for module in field.mlp:
-            if isinstance(module, torch.nn.Linear):
-                module.weight.zero_()
-                module.bias.zero_()
+    zero_mlp(field)
     points = torch.tensor([[0.2, 0.0, 0.0], [0.0, -0.2, 0.0], [0.0, 0.0, 0.3]])
     with torch.no_grad():  # as in eval: normals need their own autograd pass
         normals = field(samples_at(points), compute_normals=True)[FieldHeadNames.NORMALS]
