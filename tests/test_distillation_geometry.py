@@ -22,6 +22,7 @@ from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, tea
 from sparsefusion_ns.teacher.bundle import Teacher
 from tests.scenes import demo_scene
 from tests.tiny_training import tiny_trainer_config
+from tests.torch_threads import torch_threads
 
 # A tilted orbit: circle centre C0, radius 3, plane normal N; cameras look at L, off the plane.
 C0 = torch.tensor([0.3, -0.2, 0.5])
@@ -216,10 +217,8 @@ def tiny_teacher() -> Teacher:
 @pytest.fixture
 def single_thread():
     """One torch thread: on a small shared CPU, competing OpenMP threads make the EFT many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_eft_queries_run_in_the_query_frame(tiny_teacher, single_thread):

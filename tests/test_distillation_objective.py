@@ -24,6 +24,7 @@ from sparsefusion_ns.metrics import LPIPSVGG
 from sparsefusion_ns.model.losses import pseudo_huber
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
+from tests.torch_threads import torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,8 @@ def teacher() -> Teacher:
 @pytest.fixture(autouse=True)
 def single_thread():
     """One torch thread: on a small shared CPU, competing OpenMP threads make the UNet many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _render(teacher: Teacher, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

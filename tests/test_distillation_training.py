@@ -25,6 +25,7 @@ from sparsefusion_ns.plugin.method_configs import sparsefusion_config
 from sparsefusion_ns.teacher.bundle import Teacher
 from tests.scenes import demo_scene
 from tests.tiny_training import tiny_trainer_config
+from tests.torch_threads import torch_threads
 
 ITERATIONS = 6
 BOOTSTRAP = 2  # steps 0, 1, 2 bootstrap; 3, 4, 5 diffusion
@@ -36,10 +37,8 @@ def single_thread():
     """One torch thread for the whole module (set up before the module's runs, so every run uses the
     same float summation order): on a small shared CPU, competing OpenMP threads also make every step
     many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from sparsefusion_ns.scripts.export_density_mesh import (
     write_ply,
 )
 from tests.trained_model import session_trained_model
+from tests.torch_threads import torch_threads
 
 CPU = torch.device("cpu")
 
@@ -42,10 +43,8 @@ def trained_config(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Exporters evaluate many small batches; OpenMP threads fighting over a shared CPU slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

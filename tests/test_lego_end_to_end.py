@@ -27,6 +27,7 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 
 from sparsefusion_ns.metrics import view_metrics
 from tests.tiny_training import tiny_trainer_config
+from tests.torch_threads import torch_threads
 
 INPUT_VIEWS = (0, 16, 33)
 """lego_dev frames at azimuths ≈ 91°, 187°, 312° (elevations 17°, 37°, 52°)."""
@@ -43,10 +44,8 @@ def one_thread():
     """One intra-op thread. On a shared 2-core machine a second thread waits on busy cores: measured
     with benchmarks/bench_iteration_speed.py, 2 threads were 1.7× faster than 1 when the machine was
     idle but 2.3–13× slower under other agents' load; one thread bounds the worst case."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 def mean_view_metrics(model: Model, dataset: InputDataset, positions: Sequence[int]) -> Dict[str, float]:

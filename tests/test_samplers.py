@@ -16,6 +16,7 @@ from sparsefusion_ns.teacher.samplers import (
     PLMSSampler,
     PLMSSamplerConfig,
 )
+from tests.torch_threads import torch_threads
 
 SHAPE = (2, 4, 8, 8)
 
@@ -239,10 +240,8 @@ def test_ddim_eta_zero_is_deterministic_and_eta_one_uses_noise(latents):
 def _single_thread():
     """The 2-million-parameter golden UNet runs fastest single-threaded; with several OpenMP threads
     on a busy shared machine its 51-evaluation runs get an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ from sparsefusion_ns.teacher_training.model import TeacherTrainingModel
 from sparsefusion_ns.teacher_training.scenes import Co3dScenes, NerfstudioScenes, TrainingDataError
 from sparsefusion_ns.teacher_training.trainer import train
 from tests.scenes import demo_scene
+from tests.torch_threads import torch_threads
 
 IMAGE_SIZE = TeacherConfig.tiny().eft.image_size  # 64
 BROKEN = AUTHORS_EXCLUDED_SEQUENCES[0]
@@ -49,10 +50,8 @@ BROKEN = AUTHORS_EXCLUDED_SEQUENCES[0]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Before the module's other fixtures (autouse fixtures come first within a scope)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

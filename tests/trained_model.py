@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Tuple
 
-import torch
-
 from tests.scenes import demo_scene
 from tests.tiny_training import tiny_trainer_config, train
+from tests.torch_threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -58,12 +57,8 @@ def train_tiny_model(folder: Path, settings: QuickTraining = QuickTraining()) ->
     config.pipeline.model.num_importance_samples = settings.samples_per_ray
     for group in config.optimizers.values():
         group["optimizer"].lr = settings.learning_rate
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         train(config)
-    finally:
-        torch.set_num_threads(threads)
     return config.get_base_dir() / "config.yml"
 
 
