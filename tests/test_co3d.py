@@ -23,7 +23,7 @@ from sparsefusion_ns.data.co3d_annotations import (
     evenly_spaced_indices,
 )
 from sparsefusion_ns.data.co3d_dataparser import Co3dDataParserConfig
-from sparsefusion_ns.data.co3d_fixture import Co3dFixtureConfig, render_view, write_co3d_fixture
+from tests.co3d_fixture import Co3dFixtureConfig, render_view, write_co3d_fixture
 from sparsefusion_ns.data.co3d_preprocess import (
     CropBox,
     crop_box_around_mask,

@@ -22,7 +22,7 @@ import tyro
 from sparsefusion_ns.cameras.conventions import opengl_pose_to_pytorch3d
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.data.co3d_annotations import AUTHORS_EXCLUDED_SEQUENCES
-from sparsefusion_ns.data.co3d_fixture import Co3dFixtureConfig, write_co3d_fixture
+from tests.co3d_fixture import Co3dFixtureConfig, write_co3d_fixture
 from sparsefusion_ns.data.sparse_view_dataparser import read_transforms
 from sparsefusion_ns.teacher.bundle import Teacher, TeacherConfig
 from sparsefusion_ns.teacher_training.checkpoints import list_checkpoints, read_trainer_state

@@ -227,9 +227,10 @@ def read_jgz(path: Path) -> Any:
 
 
 def write_jgz(path: Path, content: Any) -> None:
-    """Write ``content`` as gzip-compressed JSON (CO3D's ``.jgz``)."""
-    with gzip.open(Path(path), "wt", encoding="utf-8") as file:
-        json.dump(content, file)
+    """Write ``content`` as gzip-compressed JSON (CO3D's ``.jgz``); the same content gives the same
+    bytes (no time stamp or file name in the gzip header)."""
+    with open(Path(path), "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
+        packed.write(json.dumps(content).encode("utf-8"))
 
 
 def load_frame_annotations(path: Path) -> List[Co3dFrame]:

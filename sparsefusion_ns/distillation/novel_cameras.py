@@ -37,6 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras, query_rays
+from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
 
 COLLINEAR_RATIO = 1e-2
 """Camera centres whose second singular value is below this fraction of the first count as
@@ -187,14 +188,7 @@ def look_at_cameras(
     principal_point: Float[Tensor, "2"],
 ) -> NDCCameras:
     """PyTorch3D cameras at ``eyes`` whose +Z axis points at ``target`` and +Y leans towards ``up``."""
-    z = _normalize(target - eyes)
-    x = torch.linalg.cross(up.expand_as(z), z, dim=-1)  # PyTorch3D +X points left
-    if bool((x.norm(dim=-1) < 1e-6).any()):
-        raise ValueError("a novel camera looks along the up vector: its orientation is undefined")
-    x = _normalize(x)
-    y = torch.linalg.cross(z, x, dim=-1)
-    R = torch.stack([x, y, z], dim=-1)  # columns: the camera axes in world coordinates
-    T = -torch.einsum("ni,nij->nj", eyes, R)  # the eye maps to the view-frame origin
+    R, T = look_at_pytorch3d(eyes, target, up)
     n = eyes.shape[0]
     return NDCCameras(
         R=R, T=T, focal_length=focal_length.expand(n, 2).clone(), principal_point=principal_point.expand(n, 2).clone()

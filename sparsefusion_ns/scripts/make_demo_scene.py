@@ -1,8 +1,8 @@
 """Write a small synthetic masked-object scene in nerfstudio format (the project's demo data).
 
 The object is analytic, so the scene needs no download: a red sphere resting on a blue box with a
-green cylinder beside it, ray-traced with simple Lambertian shading from cameras on a sphere around
-the origin. Images are RGBA PNGs whose alpha is the exact foreground mask; ``transforms.json``
+green cylinder beside it, ray-cast (``sparsefusion_ns.synthetic``) with Lambertian shading from
+cameras on a sphere around the origin. Images are RGBA PNGs whose alpha is the exact foreground mask; ``transforms.json``
 stores OpenGL camera-to-world matrices and pinhole intrinsics, as nerfstudio expects.
 
     sf-make-demo-scene --output demo/scene --num-views 24 --resolution 96
@@ -18,7 +18,13 @@ import numpy as np
 import tyro
 from PIL import Image
 
+import torch
 from nerfstudio.utils.rich_utils import CONSOLE
+
+from sparsefusion_ns.cameras.conventions import pytorch3d_to_opengl_pose
+from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
+from sparsefusion_ns.synthetic.render import render_opengl_view
+from sparsefusion_ns.synthetic.shapes import Box, Cylinder, Lighting, Part, ShapeScene, Sphere
 
 
 @dataclass
@@ -39,83 +45,36 @@ class DemoSceneConfig:
     """Seed of the camera elevations."""
 
 
+DEMO_OBJECT = ShapeScene(
+    parts=(
+        Part(Sphere((0.0, 0.0, 0.35), 0.45), (0.85, 0.2, 0.15), "sphere"),
+        Part(Box((0.0, 0.0, -0.35), (0.6, 0.6, 0.25)), (0.2, 0.35, 0.85), "box"),
+        Part(Cylinder((0.45, -0.45, -0.1), (0.45, -0.45, 0.6), 0.18), (0.2, 0.75, 0.3), "cylinder"),
+    ),
+    lighting=Lighting(ambient=0.35, diffuse=0.65, direction=(0.4, 0.3, 0.87)),
+)
+"""A red sphere resting on a blue box with a green cylinder beside it (z up)."""
+
+
 def look_at_camera_to_world(position: np.ndarray, target: np.ndarray = np.zeros(3)) -> np.ndarray:
-    """OpenGL camera-to-world (camera looks down −z, +y up) at ``position`` looking at ``target``."""
-    forward = target - position
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, np.array([0.0, 0.0, 1.0]))
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
+    """OpenGL camera-to-world (4x4; camera looks down −z, +y up, world +z up) at ``position`` looking at ``target``."""
+    R, T = look_at_pytorch3d(
+        torch.as_tensor(position, dtype=torch.float64)[None],
+        torch.as_tensor(target, dtype=torch.float64),
+        torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+    )
     matrix = np.eye(4)
-    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2], matrix[:3, 3] = right, up, -forward, position
+    matrix[:3] = pytorch3d_to_opengl_pose(R, T)[0].numpy()
     return matrix
-
-
-def _sphere_hits(origins, directions, centre, radius):
-    oc = origins - centre
-    b = (oc * directions).sum(-1)
-    c = (oc * oc).sum(-1) - radius**2
-    disc = b * b - c
-    t = -b - np.sqrt(np.maximum(disc, 0.0))
-    t = np.where((disc > 0) & (t > 0), t, np.inf)
-    normals = (origins + np.where(np.isfinite(t), t, 0.0)[:, None] * directions - centre) / radius
-    return t, normals
-
-
-def _box_hits(origins, directions, low, high):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t0 = (low - origins) / directions
-        t1 = (high - origins) / directions
-    t_near = np.minimum(t0, t1).max(-1)
-    t_far = np.maximum(t0, t1).min(-1)
-    t = np.where((t_far >= t_near) & (t_near > 0), t_near, np.inf)
-    axis = np.minimum(t0, t1).argmax(-1)
-    normals = np.zeros_like(origins)
-    normals[np.arange(len(origins)), axis] = -np.sign(directions[np.arange(len(origins)), axis])
-    return t, normals
-
-
-def _cylinder_hits(origins, directions, centre_xy, radius, z_low, z_high):
-    o, d = origins[:, :2] - centre_xy, directions[:, :2]
-    a = (d * d).sum(-1)
-    b = (o * d).sum(-1)
-    c = (o * o).sum(-1) - radius**2
-    disc = b * b - a * c
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
-    z = origins[:, 2] + t * directions[:, 2]
-    t = np.where((disc > 0) & (t > 0) & (z >= z_low) & (z <= z_high), t, np.inf)
-    normals = np.zeros_like(origins)
-    normals[:, :2] = (o + np.where(np.isfinite(t), t, 0.0)[:, None] * d) / radius
-    return t, normals
 
 
 def render_view(camera_to_world: np.ndarray, resolution: int, focal: float) -> np.ndarray:
     """Ray-trace the demo object; returns an (H, W, 4) uint8 RGBA image with alpha = mask."""
-    j, i = np.meshgrid(np.arange(resolution) + 0.5, np.arange(resolution) + 0.5, indexing="ij")
     centre = resolution / 2.0
-    directions_cam = np.stack([(i - centre) / focal, -(j - centre) / focal, -np.ones_like(i)], -1).reshape(-1, 3)
-    directions = directions_cam @ camera_to_world[:3, :3].T
-    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    origins = np.broadcast_to(camera_to_world[:3, 3], directions.shape)
-
-    shapes = [
-        (_sphere_hits(origins, directions, np.array([0.0, 0.0, 0.35]), 0.45), np.array([0.85, 0.2, 0.15])),
-        (_box_hits(origins, directions, np.array([-0.6, -0.6, -0.6]), np.array([0.6, 0.6, -0.1])),
-         np.array([0.2, 0.35, 0.85])),
-        (_cylinder_hits(origins, directions, np.array([0.45, -0.45]), 0.18, -0.1, 0.6), np.array([0.2, 0.75, 0.3])),
-    ]
-    depth = np.full(len(directions), np.inf)
-    colour = np.zeros((len(directions), 3))
-    light = np.array([0.4, 0.3, 0.87])
-    light /= np.linalg.norm(light)
-    for (t, normals), albedo in shapes:
-        closer = t < depth
-        shading = 0.35 + 0.65 * np.clip((normals * light).sum(-1), 0.0, 1.0)
-        colour[closer] = albedo * shading[closer, None]
-        depth[closer] = t[closer]
-    alpha = np.isfinite(depth).astype(np.float64)
-    rgba = np.concatenate([colour * alpha[:, None], alpha[:, None]], -1).reshape(resolution, resolution, 4)
+    view = render_opengl_view(
+        DEMO_OBJECT, camera_to_world[:3], (focal, focal), (centre, centre), (resolution, resolution)
+    )
+    rgba = np.concatenate([view.rgb, view.coverage[..., None]], -1)
     return (rgba * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -98,6 +98,12 @@ class TeacherConfig:
             vae=VAEConfig.tiny(),
         )
 
+    @classmethod
+    def mini(cls) -> TeacherConfig:
+        """A teacher with the released structure that trains to useful quality on 2 CPU cores:
+        64² images, 16² latents (×4 VAE), 128-d EFT features (docs/mini_teacher.md)."""
+        return cls(eft=EFTConfig.mini(), unet=VLDMUNetConfig.mini(), vae=VAEConfig.mini())
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, one entry per component."""
         return {

@@ -66,6 +66,10 @@ class EFTConfig:
     """Side of the square input images; sets the half-pixel margin of the query ray grid."""
     backbone: Literal["resnet18"] = "resnet18"
     """Image encoder: torchvision's ResNet-18, as released (built with ``weights=None``)."""
+    keep_unused_backbone_layers: bool = True
+    """Keep ResNet-18's ``layer4`` and ``fc``: the forward pass never uses them, but the released
+    checkpoints hold them (strict loading needs them). False drops them (8.9 M parameters), as the
+    ``mini`` teacher does to stay small on disk."""
     rays_per_chunk: int = 64
     """Rays processed together (upstream: 16 chunks of the 32^2 grid); does not change results."""
     encoder_batch_statistics: bool = False
@@ -94,6 +98,15 @@ class EFTConfig:
         return cls(
             d_model=16, n_layers=1, ff=16, n_harmonic=2, n_points_per_ray=4,
             grid_size=4, image_size=32, rays_per_chunk=6,
+        )  # fmt: skip
+
+    @classmethod
+    def mini(cls) -> EFTConfig:
+        """The CPU-trainable teacher's EFT (docs/mini_teacher.md): 64² images, a 16² ray grid,
+        128-d features, 2 layers per transformer, 12 points per ray, no unused ResNet layers."""
+        return cls(
+            d_model=128, n_layers=2, ff=128, n_points_per_ray=12, grid_size=16, image_size=64,
+            keep_unused_backbone_layers=False,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,8 +162,10 @@ class EpipolarFeatureTransformer(nn.Module):
         super().__init__()
         self.config = config = config or EFTConfig.full()
         self.harmonic_embedding = HarmonicEmbedding(config.n_harmonic, config.omega0)
-        # the whole torchvision ResNet-18 (layer4 and fc are unused but in the checkpoint)
+        # the whole torchvision ResNet-18 (layer4 and fc are unused but in the released checkpoint)
         self.encoder_model = torchvision.models.resnet18(weights=None)
+        if not config.keep_unused_backbone_layers:
+            del self.encoder_model.layer4, self.encoder_model.fc
 
         ray_dim = self.harmonic_embedding.output_dim(6)  # Plücker (d, o x d): 78
         depth_dim = self.harmonic_embedding.output_dim(1)  # depth t: 13

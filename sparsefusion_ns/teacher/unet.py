@@ -152,6 +152,12 @@ class VLDMUNetConfig:
         """A ~0.4 M-parameter version with the same structure (all blocks present), for fast CPU tests."""
         return cls(dim=8, cond_channels=16, attn_heads=2, attn_dim_head=8, max_conditional_len=4)
 
+    @classmethod
+    def mini(cls) -> VLDMUNetConfig:
+        """The CPU-trainable teacher's UNet (docs/mini_teacher.md): dim 32 on 16² latents with
+        128-d EFT features, all blocks of the released structure."""
+        return cls(dim=32, cond_channels=128, attn_heads=4, attn_dim_head=32, max_conditional_len=4)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

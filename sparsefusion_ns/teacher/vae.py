@@ -109,6 +109,13 @@ class VAEConfig:
         """A ~67 k-parameter VAE with the same ×8 downsampling and 4 latent channels, for tests."""
         return cls(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
 
+    @classmethod
+    def mini(cls) -> VAEConfig:
+        """The CPU-trainable teacher's VAE (docs/mini_teacher.md): ×4 downsampling (64² images →
+        4×16² latents), trained by ``sf-train-teacher --stage vae``; its latent scale is measured
+        on the training images after training."""
+        return cls(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, scaling_factor=1.0)
+
     @property
     def downsampling_factor(self) -> int:
         """Image pixels per latent pixel along each axis."""

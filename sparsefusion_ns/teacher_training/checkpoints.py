@@ -147,3 +147,24 @@ def load_checkpoint(
         return state, f"{folder} holds no random state for process {process_index}; it continues from a fresh seed"
     restore_rng_state(json.loads(rng_file.read_text()))
     return state, None
+
+
+def resolve_resume(output: Path, resume: bool, resume_from: Optional[Path]) -> Optional[Path]:
+    """The checkpoint a run continues from (``--resume``: the newest in ``output``; ``--resume-from``:
+    that folder), or None for a new run; a new run over an existing one is refused."""
+    if resume_from is not None:
+        read_trainer_state(resume_from)  # fails early on a wrong folder
+        return Path(resume_from)
+    existing = list_checkpoints(output)
+    if resume:
+        if not existing:
+            raise FileNotFoundError(
+                f"--resume: {output}/checkpoints holds no checkpoint; drop --resume to start a new run"
+            )
+        return existing[-1][1]
+    if existing:
+        raise FileExistsError(
+            f"{output} already holds checkpoints (newest: step {existing[-1][0]}); pass --resume to continue "
+            "that run, or choose another --output"
+        )
+    return None

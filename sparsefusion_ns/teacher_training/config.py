@@ -90,6 +90,32 @@ class LossConfig:
 
 
 @dataclass
+class VAEStageConfig:
+    """``--stage vae``: train the autoencoder itself (when no pretrained VAE fits the teacher).
+
+    The LDM recipe (Rombach et al. 2022, their ``autoencoder_kl`` configs) without its perceptual
+    and adversarial terms: per image, the L1 reconstruction error summed over pixels plus
+    ``kl_weight`` times the KL divergence of the posterior from N(0, I), decoding a posterior
+    *sample* during training. Afterwards the latent scale is set as LDM's ``scale_by_std`` does:
+    ``scaling_factor = 1 / std(z)`` over training frames, so the VLDM sees unit-variance latents.
+    """
+
+    batch_size: int = 16
+    """Images per optimiser step and process."""
+    learning_rate: float = 2e-4
+    """Adam learning rate (the stage ignores the top-level ``learning_rate`` of the joint recipe)."""
+    kl_weight: float = 1e-6
+    """Weight of the KL term against the per-image L1 sum (LDM's kl-f4/kl-f8 value)."""
+    scale_frames: int = 512
+    """Training frames whose posterior means measure the latent scale."""
+    eval_subset: str = "fewview_test"
+    """CO3D only: set list whose ``test`` split (instances never trained on) measures the
+    reconstruction PSNR at the end; skipped when the category has no such set list."""
+    eval_frames: int = 256
+    """At most this many evaluation frames (evenly spread over the list)."""
+
+
+@dataclass
 class TeacherTrainingConfig:
     """Train a SparseFusion teacher (EFT + VLDM) and write a teacher folder ``sparsefusion`` loads."""
 
@@ -107,12 +133,17 @@ class TeacherTrainingConfig:
     init_teacher: Optional[Path] = None
     """Start from the EFT and UNet of this teacher folder (and use its architecture), e.g. the result
     of an ``--stage eft`` run or a converted released teacher. Default: random initialisation."""
-    architecture: Optional[Literal["full", "tiny"]] = None
-    """Teacher architecture when starting from scratch: ``full`` (the released models, the default)
-    or ``tiny`` (a CPU-sized model with the same structure, for tests and smoke runs)."""
-    stage: Literal["joint", "eft", "vldm"] = "joint"
+    architecture: Optional[Literal["full", "mini", "tiny"]] = None
+    """Teacher architecture when starting from scratch: ``full`` (the released models, the default),
+    ``mini`` (the released structure sized to train on a CPU, docs/mini_teacher.md) or ``tiny`` (a
+    CPU-fast model with the same structure, for tests and smoke runs)."""
+    stage: Literal["joint", "eft", "vldm", "vae"] = "joint"
     """``joint``: EFT and UNet trained together (the authors). ``eft``: the EFT alone on its colour loss.
-    ``vldm``: the UNet alone, conditioned on a frozen EFT (in eval mode) from ``init_teacher``."""
+    ``vldm``: the UNet alone, conditioned on a frozen EFT (in eval mode) from ``init_teacher``.
+    ``vae``: the architecture's autoencoder on the training frames (see ``vae_stage``); it writes
+    ``<output>/vae``, a diffusers folder that later stages take as ``--vae``."""
+    vae_stage: VAEStageConfig = field(default_factory=VAEStageConfig)
+    """Options of ``--stage vae``."""
     max_steps: int = 200_000
     """Optimiser steps. Resuming a checkpoint at or beyond this step only writes the teacher folder."""
     learning_rate: float = 5e-5
@@ -161,12 +192,16 @@ class TeacherTrainingConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.sample_every < 0 or self.keep_checkpoints < 0 or self.num_workers < 0:
             raise ValueError("sample_every, keep_checkpoints and num_workers must not be negative")
+        if self.stage == "vae" and self.init_teacher is not None:
+            raise ValueError("--stage vae trains an autoencoder from scratch: drop --init-teacher, set --architecture")
         if self.stage == "vldm" and self.init_teacher is None:
             raise ValueError("--stage vldm trains the UNet on a frozen EFT: give that EFT with --init-teacher")
 
     def teacher_architecture(self) -> TeacherConfig:
         """The architecture to train when not starting from ``init_teacher``."""
-        return TeacherConfig.tiny() if self.architecture == "tiny" else TeacherConfig.full()
+        if self.architecture == "tiny":
+            return TeacherConfig.tiny()
+        return TeacherConfig.mini() if self.architecture == "mini" else TeacherConfig.full()
 
     def to_json_dict(self) -> dict[str, Any]:
         """All options as JSON-ready values (paths as strings), for checkpoints and provenance."""

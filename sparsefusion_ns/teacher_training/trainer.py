@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -30,9 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
-from torchvision.utils import save_image
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.teacher.bundle import CONFIG_FILE, TeacherConfig, read_teacher_metadata, write_teacher_folder
@@ -40,9 +38,8 @@ from sparsefusion_ns.teacher.convert import read_vae_weights
 from sparsefusion_ns.teacher.vae import FrozenVAE
 from sparsefusion_ns.teacher_training.checkpoints import (
     checkpoint_folder,
-    list_checkpoints,
     load_checkpoint,
-    read_trainer_state,
+    resolve_resume,
     save_checkpoint,
 )
 from sparsefusion_ns.teacher_training.config import TeacherTrainingConfig
@@ -58,7 +55,9 @@ from sparsefusion_ns.teacher_training.losses import draw_diffusion_inputs
 from sparsefusion_ns.teacher_training.lr_schedule import StepDecaySchedule
 from sparsefusion_ns.teacher_training.model import TeacherTrainingModel
 from sparsefusion_ns.teacher_training.previews import preview_grid
+from sparsefusion_ns.teacher_training.progress_log import TrainingLogger
 from sparsefusion_ns.teacher_training.scenes import build_scenes
+from sparsefusion_ns.teacher_training.vae_stage import train_vae
 
 PREVIEW_SEED = 1234
 """Seed of the sample grids' noise (the same noise at every grid, so grids compare over time)."""
@@ -78,33 +77,17 @@ class TrainingRun:
     """The teacher folder written at the end."""
 
 
-def resolve_resume(config: TeacherTrainingConfig) -> Optional[Path]:
-    """The checkpoint to continue from, refusing to start a second run over an existing one."""
-    if config.resume_from is not None:
-        read_trainer_state(config.resume_from)  # fails early on a wrong folder
-        return Path(config.resume_from)
-    existing = list_checkpoints(config.output)
-    if config.resume:
-        if not existing:
-            raise FileNotFoundError(
-                f"--resume: {config.output}/checkpoints holds no checkpoint; drop --resume to start a new run"
-            )
-        return existing[-1][1]
-    if existing:
-        raise FileExistsError(
-            f"{config.output} already holds checkpoints (newest: step {existing[-1][0]}); pass --resume to continue "
-            "that run, or choose another --output"
-        )
-    return None
-
-
 StateDicts = Dict[str, Dict[str, torch.Tensor]]
 
 
 def resolve_teacher(config: TeacherTrainingConfig) -> Tuple[TeacherConfig, Optional[StateDicts]]:
     """(architecture, initial EFT/UNet state dicts or None) from ``init_teacher`` or ``architecture``."""
     if config.init_teacher is None:
-        return config.teacher_architecture(), None
+        architecture = config.teacher_architecture()
+        declared = _declared_latent_scale(config.vae)
+        if declared is not None:  # e.g. a --stage vae folder: its measured scale is the teacher's
+            architecture = replace(architecture, vae=replace(architecture.vae, scaling_factor=declared))
+        return architecture, None
     folder = Path(config.init_teacher)
     teacher_config = TeacherConfig.from_dict(read_teacher_metadata(folder)["config"])
     if config.architecture is not None and config.teacher_architecture() != teacher_config:
@@ -114,6 +97,14 @@ def resolve_teacher(config: TeacherTrainingConfig) -> Tuple[TeacherConfig, Optio
         )
     weights = {name: safetensors.torch.load_file(folder / f"{name}.safetensors") for name in ("eft", "unet")}
     return teacher_config, weights
+
+
+def _declared_latent_scale(vae: Optional[Path]) -> Optional[float]:
+    """The ``scaling_factor`` a diffusers VAE folder declares in its config.json (None otherwise)."""
+    if vae is None or not (Path(vae) / "config.json").is_file() or (Path(vae) / CONFIG_FILE).is_file():
+        return None
+    value = json.loads((Path(vae) / "config.json").read_text()).get("scaling_factor")
+    return None if value is None else float(value)
 
 
 def load_vae(config: TeacherTrainingConfig, teacher_config: TeacherConfig) -> FrozenVAE:
@@ -137,12 +128,17 @@ def load_vae(config: TeacherTrainingConfig, teacher_config: TeacherConfig) -> Fr
 
 
 def train(config: TeacherTrainingConfig) -> TrainingRun:
-    """Train (or continue training) a teacher as ``config`` says; see the module docstring."""
+    """Train (or continue training) a teacher as ``config`` says; see the module docstring.
+
+    ``--stage vae`` trains the autoencoder instead (:mod:`.vae_stage`)."""
+    if config.stage == "vae":
+        report = train_vae(config)
+        return TrainingRun(step=int(report.get("steps", config.max_steps)))
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
     main = accelerator.is_main_process
     device = accelerator.device
     output = Path(config.output)
-    resume = resolve_resume(config)
+    resume = resolve_resume(config.output, config.resume, config.resume_from)
     teacher_config, init_weights = resolve_teacher(config)
     image_size = teacher_config.eft.image_size
 
@@ -210,7 +206,7 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
         )
-        logger = _Logger(config, accelerator, step) if main else None
+        logger = TrainingLogger(config, accelerator, step) if main else None
         preview_example = dataset[SampleKey(scene=0, position=0)] if main and config.sample_every else None
         window: Dict[str, torch.Tensor] = {}  # sums of the loss terms since the last log
         window_steps = 0
@@ -297,69 +293,6 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
         CONSOLE.print(f"Teacher written to {escape(str(run.teacher))} (step {step})")
     accelerator.wait_for_everyone()
     return run
-
-
-class _Logger:
-    """Main-process outputs: the progress bar, tensorboard scalars and sample grids."""
-
-    def __init__(self, config: TeacherTrainingConfig, accelerator: Accelerator, start_step: int) -> None:
-        self.output = Path(config.output)
-        self.writer = None
-        if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                CONSOLE.print("[bold yellow]tensorboard is not installed: no tensorboard logs[/]")
-            else:
-                self.writer = SummaryWriter(log_dir=str(self.output / "tensorboard"), purge_step=start_step + 1)
-        self.progress = None
-        if config.progress:
-            self.progress = Progress(
-                TextColumn(f"[bold]teacher[/] ({config.stage}, {accelerator.num_processes} process(es))"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.2f} steps/s"),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TimeRemainingColumn(),
-                console=CONSOLE,
-            )
-            self.task = self.progress.add_task(
-                "train", total=config.max_steps, completed=start_step, rate=0.0, loss=0.0
-            )
-            self.progress.start()
-        self.rate = 0.0
-        self.window_started = time.perf_counter()
-        self.window_start_step = start_step
-
-    def progress_step(self, record: Dict[str, float]) -> None:
-        # exponential moving average of the speed, robust to the slow first steps
-        speed = 1.0 / max(record["seconds"], 1e-9)
-        self.rate = speed if self.rate == 0.0 else 0.9 * self.rate + 0.1 * speed
-        if self.progress is not None:
-            self.progress.update(self.task, completed=record["step"], rate=self.rate, loss=record["loss"])
-
-    def scalars(self, step: int, means: Dict[str, float], lr: float) -> None:
-        now = time.perf_counter()
-        steps_per_second = (step - self.window_start_step) / max(now - self.window_started, 1e-9)
-        self.window_started, self.window_start_step = now, step
-        if self.writer is not None:
-            for name, value in means.items():
-                self.writer.add_scalar(f"loss/{name}" if name != "loss" else "loss/total", value, step)
-            self.writer.add_scalar("train/learning_rate", lr, step)
-            self.writer.add_scalar("train/steps_per_second", steps_per_second, step)
-
-    def image(self, step: int, grid: torch.Tensor) -> None:
-        path = self.output / "samples" / f"step-{step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
-        if self.writer is not None:
-            self.writer.add_image("samples/context_truth_eft_vldm", grid, step)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def _json(value: Any) -> Any:

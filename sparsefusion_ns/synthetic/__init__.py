@@ -1,0 +1,1 @@
+"""Synthetic data: analytic shapes, a ray caster, and the procedural object category."""
