@@ -62,8 +62,9 @@ class TeacherTrainingModel(nn.Module):
         self.unet = VLDMUNet(config.unet)
         self.schedule = CosineLogSNRSchedule(config.schedule)
         # in the released checkpoint but never run by the EFT (SPEC "EFT")
-        self.eft.encoder_model.layer4.requires_grad_(False)
-        self.eft.encoder_model.fc.requires_grad_(False)
+        if self.config.eft.keep_unused_backbone_layers:
+            self.eft.encoder_model.layer4.requires_grad_(False)
+            self.eft.encoder_model.fc.requires_grad_(False)
         if stage == "eft":
             self.unet.requires_grad_(False)
         if stage == "vldm":
