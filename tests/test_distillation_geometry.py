@@ -250,7 +250,7 @@ def test_eft_queries_run_in_the_query_frame(tiny_teacher, single_thread):
 
 
 def test_teacher_inputs_come_from_the_field_frame(tmp_path):
-    scene = demo_scene(tmp_path / "scene", num_views=8, resolution=24)  # non-teacher size: resized to 64²
+    scene = demo_scene(tmp_path / "scene", num_views=8, resolution=24)  # non-teacher size: crops resized to 64²
     config = tiny_trainer_config(scene, tmp_path / "out", iterations=1, input_views=(1, 4, 6))
     pipeline = config.pipeline.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
     datamanager = pipeline.datamanager
@@ -260,12 +260,11 @@ def test_teacher_inputs_come_from_the_field_frame(tmp_path):
     assert list(inputs.frame_indices) == [1, 4, 6]
     # the dataparser rotated the world so that input camera 0 has the identity (PyTorch3D) rotation
     torch.testing.assert_close(inputs.cameras.R[0], torch.eye(3), atol=1e-5, rtol=0)
-    # the images are the masked input views (black background), resized from 24² to 64²
-    first = datamanager.train_dataset.get_data(0)["image"]  # camera_res_scale_factor 0.5: 12²
-    shrunk = torch.nn.functional.interpolate(inputs.images[:1], size=first.shape[:2], mode="area")[0]
-    assert float((shrunk.permute(1, 2, 0) - first).abs().mean()) < 0.05  # two different resamplings
-    # every scene frame, in scene order; the inputs sit at their frame indices
-    frames = scene_frame_cameras(datamanager)
+    # (the images and intrinsics are those of teacher training: test_teacher_inputs_match_training.py)
+    # every scene frame, in scene order; the inputs sit at their frame indices, with the same crops
+    frames = scene_frame_cameras(datamanager, 64)
     assert len(frames) == 8
     torch.testing.assert_close(frames.R[[1, 4, 6]], inputs.cameras.R)
     torch.testing.assert_close(frames.T[[1, 4, 6]], inputs.cameras.T)
+    torch.testing.assert_close(frames.focal_length[[1, 4, 6]], inputs.cameras.focal_length)
+    torch.testing.assert_close(frames.principal_point[[1, 4, 6]], inputs.cameras.principal_point)

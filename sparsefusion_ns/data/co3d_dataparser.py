@@ -40,7 +40,7 @@ from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.data.camera_checks import check_cameras
 from sparsefusion_ns.data.co3d_annotations import Co3dCategory, Co3dFormatError, Co3dFrame, evenly_spaced_indices
-from sparsefusion_ns.data.co3d_preprocess import Co3dPreprocessing, preprocess_frame
+from sparsefusion_ns.data.co3d_preprocess import TEACHER_CROP_KEY, Co3dPreprocessing, preprocess_frame
 from sparsefusion_ns.data.view_selection import ViewSelectionError, held_out_views, select_input_views
 
 CACHE_VERSION = 1
@@ -242,6 +242,7 @@ class Co3dDataParser(DataParser):
             "co3d_frame_numbers": [frame.frame_number for frame in frames],
             "co3d_sequence_name": scene.sequence_name,
             "co3d_scene_index": scene.scene_index,
+            TEACHER_CROP_KEY: settings,  # the images already are the teacher's crops
         }
         return DataparserOutputs(
             image_filenames=[folder / r["rgba"] for r in selected],

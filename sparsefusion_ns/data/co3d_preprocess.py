@@ -59,6 +59,11 @@ from sparsefusion_ns.data.co3d_annotations import Co3dFormatError, Co3dFrame
 MASK_THRESHOLD_STEP = 0.05
 """How much the mask threshold drops each time no more than one pixel passes it."""
 
+TEACHER_CROP_KEY = "teacher_crop"
+"""``DataparserOutputs.metadata`` key of a dataparser whose images already are crops made by this
+module (the ``co3d`` dataparser); its value is the :class:`Co3dPreprocessing` used. Without it the
+distillation crops the images itself (``distillation.teacher_inputs``)."""
+
 
 @dataclass(frozen=True)
 class Co3dPreprocessing:

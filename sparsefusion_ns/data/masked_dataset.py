@@ -13,7 +13,7 @@ opacity must go to zero there).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -43,23 +43,31 @@ def read_mask(path: Path, size_wh: Optional[tuple] = None) -> Float[Tensor, "h w
 class MaskedImageDataset(InputDataset):
     """Images multiplied by their foreground masks, plus the masks (``fg_mask``, ``valid_mask``)."""
 
-    def get_data(self, image_idx: int, image_type: Literal["uint8", "float32"] = "float32") -> Dict:
-        if image_type != "float32":
-            raise NotImplementedError("MaskedImageDataset serves float32 images only.")
+    def get_image_and_mask(self, image_idx: int) -> Tuple[Float[Tensor, "h w 3"], Float[Tensor, "h w 1"]]:
+        """The image *not* multiplied by its mask, and the mask (both in [0, 1], at this dataset's scale).
+
+        The teacher's crop resamples image and mask separately before multiplying them, as its
+        training did (``distillation.teacher_inputs``).
+        """
         rgba = torch.from_numpy(self.get_numpy_image(image_idx).astype(np.float32) / 255.0)
         height, width = rgba.shape[:2]
         mask_files: Optional[List[Path]] = self.metadata.get("fg_mask_filenames")
         if mask_files is not None:
-            fg_mask = read_mask(mask_files[image_idx], (width, height))
-        elif rgba.shape[-1] == 4:
-            fg_mask = rgba[..., 3:]
-        else:
-            raise ValueError(
-                f"{self._dataparser_outputs.image_filenames[image_idx]} has no alpha channel and the scene gives "
-                "no mask file for it: SparseFusion needs a foreground mask per view."
-            )
+            return rgba[..., :3], read_mask(mask_files[image_idx], (width, height))
+        if rgba.shape[-1] == 4:
+            return rgba[..., :3], rgba[..., 3:]
+        raise ValueError(
+            f"{self._dataparser_outputs.image_filenames[image_idx]} has no alpha channel and the scene gives "
+            "no mask file for it: SparseFusion needs a foreground mask per view."
+        )
+
+    def get_data(self, image_idx: int, image_type: Literal["uint8", "float32"] = "float32") -> Dict:
+        if image_type != "float32":
+            raise NotImplementedError("MaskedImageDataset serves float32 images only.")
+        rgb, fg_mask = self.get_image_and_mask(image_idx)
+        height, width = rgb.shape[:2]
         # I_masked = I · M: black background, as the authors multiply images by their masks.
-        data = {"image_idx": image_idx, "image": rgba[..., :3] * fg_mask, "fg_mask": fg_mask}
+        data = {"image_idx": image_idx, "image": rgb * fg_mask, "fg_mask": fg_mask}
         valid_files: Optional[List[Path]] = self.metadata.get("valid_mask_filenames")
         if valid_files is not None:
             data["valid_mask"] = read_mask(valid_files[image_idx], (width, height))

@@ -45,6 +45,7 @@ from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, tea
 from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundError, load_lpips_vgg
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
+from sparsefusion_ns.teacher_training.config import DataConfig
 
 if TYPE_CHECKING:
     from sparsefusion_ns.model.sparsefusion_model import SparseFusionModel
@@ -203,8 +204,10 @@ def distillation_callbacks(
         model.attach_lpips(lpips)
 
     datamanager = attributes.pipeline.datamanager
-    inputs = teacher_inputs(datamanager, teacher.config.eft.image_size)
-    scene_frames = scene_frame_cameras(datamanager) if config.pool.source == "authors" else None
+    training_data = DataConfig.of_teacher(teacher.provenance)  # crops and world scale the teacher was trained with
+    size = teacher.config.eft.image_size
+    inputs = teacher_inputs(datamanager, size, training_data)
+    scene_frames = scene_frame_cameras(datamanager, size, training_data) if config.pool.source == "authors" else None
     pool = build_novel_camera_pool(
         config.pool, inputs.cameras, torch.Generator().manual_seed(config.seed), scene_frames
     )

@@ -1,19 +1,37 @@
-"""What the EFT reads: the masked input views as S×S images and their cameras in PyTorch3D NDC.
+"""What the EFT reads: the input views as S×S images and their cameras in PyTorch3D NDC.
 
-The EFT was trained on 256² crops (SPEC "Data and cameras"): masked images in [0, 1], zero-padded
-at the bottom/right to a square. Scenes already in that form (CO3D crops) pass through unchanged;
-other scenes (e.g. Blender's 800², or non-square photos) are padded the same way and resized to the
-teacher's ``S = EFTConfig.image_size``. Padding at the bottom/right keeps the pixel intrinsics; only
-the image size, and so the NDC scale, changes. Resizing changes no NDC quantity.
+The teacher must see a frame at distillation as it saw its training frames
+(``teacher_training.scenes``): cropped around the mask (``co3d_preprocess``: the teacher's mask
+threshold and box context), resized so the longer side is ``S = EFTConfig.image_size``,
+zero-padded at the bottom/right to S×S, multiplied by the mask (unless the teacher was trained on
+unmasked images), with the PyTorch3D NDC camera of that square image. The dataparser's metadata,
+not its class, says which of two cases applies:
 
-All cameras stay in the field's world frame (the dataparser's, in which input camera 0 has the
-identity rotation); the EFT moves to its query-centred frame itself.
+- ``metadata[TEACHER_CROP_KEY]`` is set (the ``co3d`` dataparser): the images already are such
+  crops, made at the dataparser's ``image_size``. They pass through, resized to S when that size
+  differs (a second bilinear resampling: close to, not equal to, training's pixels;
+  a warning says so), with the crops' cameras.
+- Otherwise (``sparse-views``: whole photos), every view is cropped here at full resolution with
+  ``co3d_preprocess.preprocess_arrays``, the function training uses, and its intrinsics follow.
+
+World frame. The EFT samples depths over d̄ ± 5 world units, d̄ the mean distance of the cameras
+from the world origin, so the distillation's world must have the training's origin and scale; a
+rotation about the origin changes nothing the EFT sees (it works in the query's view frame). The
+dataparsers only rotate the world about its origin (``orient_to_first_input``; the dataparser
+transform) and ``sparse-views`` scales camera positions by ``scale_factor`` (``dataparser_scale``).
+Hence the user-facing requirement, checked by :func:`training_mismatches`: a teacher trained on
+nerfstudio scenes with ``--data.scale-factor X`` needs ``sparse-views --scale-factor X`` on scenes
+in the same units; a CO3D teacher on a nerfstudio scene needs a ``scale_factor`` that brings the
+scene to CO3D's scale, which no file records (a note gives d̄).
+
+All cameras stay in the field's world frame (the dataparser's); the EFT moves to its query-centred
+frame itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +40,25 @@ from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.cameras.conventions import nerfstudio_to_ndc
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
+from sparsefusion_ns.data.co3d_preprocess import TEACHER_CROP_KEY, Co3dPreprocessing, preprocess_arrays
+from sparsefusion_ns.data.masked_dataset import MaskedImageDataset
+from sparsefusion_ns.teacher_training.config import DataConfig
 
 
 @dataclass(frozen=True)
 class TeacherInputs:
-    """The EFT's view of the scene: input images and cameras, and every scene frame's camera."""
+    """The EFT's view of the scene: the input views' images, cameras and scene frame indices."""
 
     images: Float[Tensor, "v 3 s s"]
-    """Masked input views in [0, 1], square, at the teacher's image size."""
+    """Input views in [0, 1] as the teacher saw its training frames (cropped, square, masked)."""
     cameras: NDCCameras
-    """The input cameras (field frame, PyTorch3D NDC)."""
+    """The input cameras (field frame, PyTorch3D NDC of the S×S images)."""
     frame_indices: Sequence[int]
     """Scene frame index of each input view."""
 
@@ -61,26 +85,136 @@ def ndc_cameras(cameras: Cameras) -> NDCCameras:
 
 
 def square_image(image: Float[Tensor, "h w 3"], size: int) -> Float[Tensor, "3 size size"]:
-    """Zero-pad an HWC image at the bottom/right to a square, then resize it to ``size``² (antialiased)."""
+    """Zero-pad an HWC image at the bottom/right to a square, then resize it to ``size``².
+
+    Bilinear without antialiasing, as the crop of training (``co3d_preprocess``) samples: on CO3D
+    crops resampled 128² → 64² this is 2–3× closer to training's direct 64² crop than antialiased
+    resizing (``tests/test_teacher_inputs_match_training.py``).
+    """
     height, width = image.shape[:2]
     side = max(height, width)
     chw = F.pad(image.permute(2, 0, 1), (0, side - width, 0, side - height))
     if side == size:
         return chw
-    return F.interpolate(chw[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(chw[None], size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
-def teacher_inputs(datamanager: VanillaDataManager, size: int) -> TeacherInputs:
-    """The input views at full resolution (``camera_res_scale_factor`` is for step A only), as S×S images."""
+def full_resolution(dataset: InputDataset) -> MaskedImageDataset:
+    """The same split at full resolution (the datamanager's ``camera_res_scale_factor`` is for step A only)."""
+    if not isinstance(dataset, MaskedImageDataset):
+        raise TypeError(
+            f"the distillation crops the teacher's inputs around their foreground masks, which a "
+            f"{type(dataset).__name__} does not serve: use VanillaDataManager[MaskedImageDataset] as the "
+            "datamanager (as the sparsefusion method configs in sparsefusion_ns/plugin/method_configs.py do)"
+        )
+    return type(dataset)(dataset._dataparser_outputs, scale_factor=1.0)
+
+
+def teacher_views(
+    dataset: InputDataset, size: int, training: DataConfig
+) -> Tuple[Float[Tensor, "n 3 size size"], NDCCameras]:
+    """Every view of a split as the teacher saw its training frames (module docstring), with its camera."""
+    dataset = full_resolution(dataset)
+    crop = dataset.metadata.get(TEACHER_CROP_KEY)
+    views = range(len(dataset))
+
+    def apply_mask(image: Tensor, mask: Tensor) -> Tensor:
+        return image * mask if training.apply_mask else image
+
+    if crop is not None:  # already the teacher's crops: resize only
+        images = [square_image(apply_mask(*dataset.get_image_and_mask(i)), size) for i in views]
+        return torch.stack(images).float(), ndc_cameras(dataset.cameras)
+
+    cameras, _ = nerfstudio_to_ndc(dataset.cameras.flatten().to("cpu"))
+    settings = Co3dPreprocessing(size, training.mask_threshold, training.box_context)
+    images, focal, principal = [], [], []
+    for i in views:
+        rgb, mask = dataset.get_image_and_mask(i)
+        frame = preprocess_arrays(
+            rgb.permute(2, 0, 1).contiguous(),
+            mask[..., 0],
+            cameras.focal_length[i].double(),
+            cameras.principal_point[i].double(),
+            settings,
+        )
+        images.append(apply_mask(frame.image, frame.mask))
+        focal.append(frame.focal_length)
+        principal.append(frame.principal_point)
+    cropped = NDCCameras(cameras.R, cameras.T, focal_length=torch.stack(focal), principal_point=torch.stack(principal))
+    return torch.stack(images).float(), cropped.to(torch.float32)
+
+
+def training_mismatches(outputs: DataparserOutputs, size: int, training: DataConfig) -> List[str]:
+    """Ways in which the EFT's view of this scene cannot be made that of its training (empty: none).
+
+    Options are named as ``ns-train`` takes them, after the dataparser's name (``co3d ...``,
+    ``sparse-views ...``).
+    """
+    crop = outputs.metadata.get(TEACHER_CROP_KEY)
+    problems = []
+    if crop is not None:
+        trained = (training.mask_threshold, training.box_context)
+        if (crop.mask_threshold, crop.box_context) != trained:
+            problems.append(
+                f"the co3d dataparser cropped the images with mask threshold {crop.mask_threshold:g} and box "
+                f"context {crop.box_context:g}, the teacher was trained with {trained[0]:g} and {trained[1]:g}: "
+                f"pass co3d --mask-threshold {trained[0]:g} --box-context {trained[1]:g}"
+            )
+        if crop.image_size != size:
+            problems.append(
+                f"the co3d dataparser's {crop.image_size}² crops are resampled to the teacher's {size}² (a second "
+                f"resampling, close to but not the teacher's pixels); co3d --image-size {size} gives them exactly"
+            )
+
+    translation = outputs.dataparser_transform[:3, 3]
+    if float(translation.abs().max()) > 0:
+        problems.append(
+            f"the dataparser moved the world's origin by {translation.tolist()}, but the EFT's depth samples "
+            "(d̄ ± 5, d̄ the mean camera distance from the origin) are placed from the origin the teacher was "
+            "trained with: use the sparse-views or co3d dataparser (they only rotate the world about its origin)"
+        )
+    data_kind = "co3d" if crop is not None else "nerfstudio"
+    scale = float(outputs.dataparser_scale)
+    depth_center = float(outputs.cameras.camera_to_worlds[..., :3, 3].norm(dim=-1).mean())
+    if data_kind == training.kind:
+        expected = training.scale_factor if training.kind == "nerfstudio" else 1.0
+        if abs(scale - expected) > 1e-6 * expected:
+            problems.append(
+                f"the teacher was trained on {training.kind} scenes with camera positions scaled by {expected:g} "
+                f"(its teacher_config.json), this scene's are scaled by {scale:g}, so the EFT's depth samples "
+                f"(d̄ ± 5, d̄ = {depth_center:.3g} here) do not cover what they covered in training. If this "
+                f"scene is in the units of the teacher's training scenes, pass sparse-views --scale-factor {expected:g}"
+            )
+    else:
+        problems.append(
+            f"the teacher was trained on {training.kind} scenes, this is a {data_kind} scene: the EFT samples "
+            f"depths d̄ ± 5 world units around d̄ = {depth_center:.3g} (the mean camera distance from the origin, "
+            f"camera positions scaled by {scale:g}); the scene must have the scale of the teacher's training "
+            "scenes (sparse-views --scale-factor sets it)"
+        )
+    return problems
+
+
+def teacher_inputs(datamanager: VanillaDataManager, size: int, training: DataConfig = DataConfig()) -> TeacherInputs:
+    """The input views as the teacher saw its training frames: S×S images and their cameras.
+
+    ``training`` is the teacher's training data config (``DataConfig.of_teacher``; the default is the
+    authors' CO3D recipe); what cannot be matched is printed as a warning.
+    """
     outputs = datamanager.train_dataparser_outputs
-    dataset = type(datamanager.train_dataset)(outputs, scale_factor=1.0)
-    images = torch.stack([square_image(dataset.get_data(i)["image"], size) for i in range(len(dataset))])
-    frame_indices = outputs.metadata.get("frame_indices", list(range(len(dataset))))
-    return TeacherInputs(images=images.float(), cameras=ndc_cameras(dataset.cameras), frame_indices=frame_indices)
+    for problem in training_mismatches(outputs, size, training):
+        CONSOLE.print(f"[bold yellow]Teacher inputs:[/bold yellow] {problem}")
+    images, cameras = teacher_views(datamanager.train_dataset, size, training)
+    frame_indices = outputs.metadata.get("frame_indices", list(range(len(images))))
+    return TeacherInputs(images=images, cameras=cameras, frame_indices=frame_indices)
 
 
-def scene_frame_cameras(datamanager: VanillaDataManager) -> NDCCameras:
-    """Every scene frame's camera (input views and held-out views) in scene order, for the authors' pool."""
+def scene_frame_cameras(datamanager: VanillaDataManager, size: int, training: DataConfig = DataConfig()) -> NDCCameras:
+    """Every scene frame's camera (input views and held-out views) in scene order, for the authors' pool.
+
+    Intrinsics are those of the frames as the teacher sees them (``teacher_views``), as its training
+    query cameras were.
+    """
     eval_dataset = datamanager.eval_dataset
     if eval_dataset is None or len(eval_dataset) == 0:
         raise ValueError(
@@ -88,7 +222,7 @@ def scene_frame_cameras(datamanager: VanillaDataManager) -> NDCCameras:
             "frames' cameras, but the datamanager has no evaluation split"
         )
     splits = (datamanager.train_dataset, eval_dataset)
-    cameras = NDCCameras.cat([ndc_cameras(split.cameras) for split in splits])
+    cameras = NDCCameras.cat([teacher_views(split, size, training)[1] for split in splits])
     indices = [index for split in splits for index in split.metadata.get("frame_indices", range(len(split)))]
     if len(set(indices)) != len(indices):
         raise ValueError(f"the train and evaluation splits share frames {sorted(indices)}: cannot order the scene")

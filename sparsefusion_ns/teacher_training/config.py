@@ -10,9 +10,9 @@ valid-region masking; the EFT colour loss added (joint training); Adam, lr 5e-5,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, Tuple
+from typing import Any, Literal, Mapping, Optional, Tuple
 
 from sparsefusion_ns.teacher.bundle import TeacherConfig
 
@@ -43,6 +43,20 @@ class DataConfig:
     """Foreground probability above which a pixel belongs to the object's crop box."""
     box_context: float = 0.3
     """Relative growth of the crop box around the mask (0.3: 15 % on every side)."""
+
+    @classmethod
+    def of_teacher(cls, provenance: Mapping[str, Any]) -> DataConfig:
+        """The data settings a teacher was trained with: ``sf-train-teacher`` records them in its
+        folder's provenance (``teacher_config.json``); other teachers (``sf-convert-teacher``: the
+        authors' CO3D teachers) were trained with the defaults."""
+        recorded = provenance.get("data") or {}
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in recorded.items() if key in known}
+        if "root" in values:
+            values["root"] = Path(values["root"])
+        if "categories" in values:
+            values["categories"] = tuple(values["categories"])
+        return cls(**values)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from torch import Tensor
 from sparsefusion_ns.cameras.conventions import opengl_pose_to_pytorch3d, pixel_to_ndc_intrinsics
 from sparsefusion_ns.data.co3d_annotations import Co3dCategory, Co3dFormatError, Co3dFrame
 from sparsefusion_ns.data.co3d_preprocess import Co3dPreprocessing, preprocess_arrays, preprocess_frame
+from sparsefusion_ns.data.masked_dataset import read_mask
 from sparsefusion_ns.data.sparse_view_dataparser import SceneFormatError, read_transforms
 from sparsefusion_ns.teacher_training.config import DataConfig
 
@@ -208,9 +209,8 @@ class NerfstudioScenes(SceneCollection):
                 )
             has_alpha = pil.mode in ("RGBA", "LA") or (pil.mode == "P" and "transparency" in pil.info)
             rgba = np.asarray(pil.convert("RGBA"), dtype=np.float32) / 255.0
-        if record.mask is not None:
-            with Image.open(record.mask) as pil:
-                mask = np.asarray(pil.convert("L"), dtype=np.float32) / 255.0
+        if record.mask is not None:  # read as the distillation's dataset reads it (8- or 16-bit, first channel)
+            mask = read_mask(record.mask)[..., 0].numpy()
         elif has_alpha:
             mask = rgba[..., 3]
         else:
