@@ -103,10 +103,12 @@ class EFTConfig:
     @classmethod
     def mini(cls) -> EFTConfig:
         """The CPU-trainable teacher's EFT (docs/mini_teacher.md): 64² images, a 16² ray grid,
-        128-d features, 2 layers per transformer, 12 points per ray, no unused ResNet layers."""
+        64-d features, 2 layers per transformer, 8 points per ray over depths d̄ ± 2.5 (the synthetic
+        category's objects span about ±1.5 units around a point 4.5–6 units from the cameras), no
+        unused ResNet layers."""
         return cls(
-            d_model=128, n_layers=2, ff=128, n_points_per_ray=12, grid_size=16, image_size=64,
-            keep_unused_backbone_layers=False,
+            d_model=64, n_layers=2, ff=64, n_points_per_ray=8, depth_half_range=2.5, grid_size=16,
+            image_size=64, keep_unused_backbone_layers=False,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

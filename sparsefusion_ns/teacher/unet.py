@@ -155,8 +155,8 @@ class VLDMUNetConfig:
     @classmethod
     def mini(cls) -> VLDMUNetConfig:
         """The CPU-trainable teacher's UNet (docs/mini_teacher.md): dim 32 on 16² latents with
-        128-d EFT features, all blocks of the released structure."""
-        return cls(dim=32, cond_channels=128, attn_heads=4, attn_dim_head=32, max_conditional_len=4)
+        64-d EFT features, all blocks of the released structure."""
+        return cls(dim=32, cond_channels=64, attn_heads=4, attn_dim_head=32, max_conditional_len=4)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
