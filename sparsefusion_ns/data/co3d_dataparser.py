@@ -42,6 +42,7 @@ from sparsefusion_ns.data.camera_checks import check_cameras
 from sparsefusion_ns.data.co3d_annotations import Co3dCategory, Co3dFormatError, Co3dFrame, evenly_spaced_indices
 from sparsefusion_ns.data.co3d_preprocess import Co3dPreprocessing, preprocess_frame
 from sparsefusion_ns.data.view_selection import ViewSelectionError, held_out_views, select_input_views
+from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 
 CACHE_VERSION = 1
 """Bump when the cached files change meaning; older caches are then rebuilt."""
@@ -174,9 +175,11 @@ def preprocess_into_cache(
         processed = preprocess_frame(root, frame, settings)
         stem = f"frame{frame.frame_number:06d}"
         rgba = torch.cat([processed.image, processed.mask], dim=0).permute(1, 2, 0).numpy()
-        Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(folder / f"{stem}_rgba.png")
+        with atomic_path(folder / f"{stem}_rgba.png") as temporary:
+            Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(temporary, format="PNG")
         valid = processed.valid[0].numpy()
-        Image.fromarray(np.round(valid * 255).astype(np.uint8), mode="L").save(folder / f"{stem}_valid.png")
+        with atomic_path(folder / f"{stem}_valid.png") as temporary:
+            Image.fromarray(np.round(valid * 255).astype(np.uint8), mode="L").save(temporary, format="PNG")
         index[key] = {
             "rgba": f"{stem}_rgba.png",
             "valid": f"{stem}_valid.png",
@@ -188,7 +191,7 @@ def preprocess_into_cache(
         }
         changed = True
     if changed:
-        index_file.write_text(json.dumps(index, indent=1))
+        write_text_atomically(index_file, json.dumps(index, indent=1))
     return {int(k): v for k, v in index.items()}
 
 

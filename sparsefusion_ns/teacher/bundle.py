@@ -15,16 +15,15 @@ On disk a teacher is a folder, diffusers-style::
     unet.safetensors      VLDMUNet state dict (the authors' keys without "unets.0.")
     vae.safetensors       diffusers AutoencoderKL state dict
 
-Folders are written atomically (into a temporary sibling, then renamed) and read strictly: every
-file must exist and hold exactly the tensors of the architecture its config names.
+Folders are written atomically (into a temporary sibling, then renamed; files get the user's umask
+permissions) and read strictly: every file must exist, be complete, and hold exactly the tensors of
+the architecture its config names, all finite.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from sparsefusion_ns.teacher.diffusion_schedule import CosineLogSNRSchedule, Cos
 from sparsefusion_ns.teacher.eft import EFTConfig, EpipolarFeatureTransformer
 from sparsefusion_ns.teacher.unet import VLDMUNet, VLDMUNetConfig
 from sparsefusion_ns.teacher.vae import FrozenVAE, VAEConfig, check_state_dict
+from sparsefusion_ns.utils.atomic_files import atomic_folder
 
 FORMAT_NAME = "sparsefusion-ns-teacher"
 """Value of ``format`` in ``teacher_config.json``."""
@@ -270,10 +270,7 @@ def write_teacher_folder(
     check_teacher_state_dicts(config, state_dicts)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; choose another output or pass overwrite")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with atomic_folder(folder) as staging:
         for name in COMPONENTS:
             tensors = {key: value.detach().contiguous().cpu() for key, value in state_dicts[name].items()}
             safetensors.torch.save_file(
@@ -286,16 +283,6 @@ def write_teacher_folder(
             "provenance": dict(provenance or {}),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if folder.exists():
-            retired = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(retired)
-            staging.rename(folder)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
