@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sparsefusion_ns.engine.checkpoints import CheckpointError
+from sparsefusion_ns.engine.eval_setup import eval_setup
 from sparsefusion_ns.engine.trainer import TrainingDivergedError
 from sparsefusion_ns.model.sparsefusion_model import SparseFusionModel
 from sparsefusion_ns.utils import atomic_files
@@ -100,6 +101,22 @@ def test_an_explicit_broken_checkpoint_is_an_error_naming_it(run, scene, tmp_pat
     trainer = resumed.setup(local_rank=0, world_size=1)
     with pytest.raises(CheckpointError, match="step-000000004.ckpt.*incomplete or corrupt"):
         trainer.setup()
+
+
+def test_evaluation_loads_the_newest_complete_checkpoint(scene, tmp_path, capsys):
+    config = small_config(scene, tmp_path, iterations=4, save_every=2)
+    train(config)
+    config_path = config.get_base_dir() / "config.yml"
+    checkpoints = config.get_checkpoint_dir()
+    newest = checkpoints / "step-000000003.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    _, _, path, step = eval_setup(config_path)
+    assert (path.name, step) == ("step-000000002.ckpt", 2)
+    assert "step-000000003.ckpt" in capsys.readouterr().out.replace("\n", "")
+    (checkpoints / "step-000000002.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        eval_setup(config_path)
+    assert "step-000000002.ckpt" in str(error.value) and "step-000000003.ckpt" in str(error.value)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
