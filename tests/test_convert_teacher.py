@@ -135,11 +135,16 @@ def test_extra_eft_keys_need_the_flag_and_are_reported(source_teacher, authors_f
 
 def test_existing_output_is_kept_unless_overwrite(authors_files, tmp_path):
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
     arguments = (authors_files / "ckpt_latest_eft.pt", authors_files / "ckpt_latest.pt", authors_files / "sd-v1-3.ckpt")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match=r"--output .*out is not empty \(it holds notes.txt\).*--overwrite"):
         convert_teacher(*arguments, tmp_path / "out", config=TINY)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
     convert_teacher(*arguments, tmp_path / "out", config=TINY, overwrite=True)
     assert (tmp_path / "out" / "teacher_config.json").is_file()
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose
+    convert_teacher(*arguments, tmp_path / "empty", config=TINY)
+    assert (tmp_path / "empty" / "teacher_config.json").is_file()
 
 
 def test_cli_reports_errors_without_traceback(authors_files, tmp_path, monkeypatch, capsys):

@@ -17,8 +17,12 @@ from pathlib import Path
 import numpy as np
 import tyro
 from PIL import Image
+from rich.markup import escape
 
 from nerfstudio.utils.rich_utils import CONSOLE
+
+from sparsefusion_ns.utils.atomic_files import write_text_atomically
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
 
 @dataclass
@@ -37,6 +41,8 @@ class DemoSceneConfig:
     """Focal length in units of the image width."""
     seed: int = 0
     """Seed of the camera elevations."""
+    overwrite: bool = False
+    """Write into a non-empty output folder (its transforms.json and images/frame_*.png are replaced)."""
 
 
 def look_at_camera_to_world(position: np.ndarray, target: np.ndarray = np.zeros(3)) -> np.ndarray:
@@ -121,6 +127,9 @@ def render_view(camera_to_world: np.ndarray, resolution: int, focal: float) -> n
 
 def make_demo_scene(config: DemoSceneConfig) -> Path:
     """Write the scene and return the path of its ``transforms.json``."""
+    prepare_output_folder(
+        config.output, config.overwrite, "sf-make-demo-scene --output", own_outputs=("transforms.json", "images/frame_*.png")
+    )
     rng = np.random.default_rng(config.seed)
     images = config.output / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -147,13 +156,17 @@ def make_demo_scene(config: DemoSceneConfig) -> Path:
         "frames": frames,
     }
     path = config.output / "transforms.json"
-    path.write_text(json.dumps(transforms, indent=1))
+    write_text_atomically(path, json.dumps(transforms, indent=1))  # last: the scene is complete
     return path
 
 
 def entrypoint() -> None:
     config = tyro.cli(DemoSceneConfig)
-    path = make_demo_scene(config)
+    try:
+        path = make_demo_scene(config)
+    except OSError as error:  # the output folder refused, a full disk
+        CONSOLE.print(f"[bold red]Error:[/bold red] {escape(str(error))}", soft_wrap=True, highlight=False)
+        raise SystemExit(1) from None
     CONSOLE.print(f"Wrote {config.num_views} views to {path}")
 
 

@@ -57,6 +57,7 @@ from sparsefusion_ns.teacher.vae import (
     ldm_vae_to_diffusers,
     vae_state_dict_from_sd_checkpoint,
 )
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
 AUTHORS_STATE_DICT_KEY = "model_state_dict"
 """Entry of the authors' ``.pt`` dicts that holds the model tensors."""
@@ -184,8 +185,8 @@ def convert_teacher(
     """
     config = config if config is not None else TeacherConfig.full()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
+    # the folder is assembled beside it and renamed into place, so it is not created here
+    prepare_output_folder(output, overwrite, "sf-convert-teacher --output", create=False)
 
     with console.status(f"Reading the EFT checkpoint {escape(str(eft))} …"):
         eft_tensors, eft_counters = load_authors_checkpoint(eft)
@@ -219,7 +220,8 @@ def convert_teacher(
         "vae": {"file": Path(vae).name},
     }
     with console.status(f"Writing {escape(str(output))} …"):
-        write_teacher_folder(output, config, state_dicts, provenance, overwrite=overwrite)
+        # an existing folder is empty, or the user passed --overwrite (checked above)
+        write_teacher_folder(output, config, state_dicts, provenance, overwrite=True)
 
     with torch.device("meta"):
         parameter_counts = Teacher(config).parameter_counts()
@@ -252,7 +254,7 @@ class ConvertTeacher:
     allow_extra_eft_keys: bool = False
     """Drop (with a warning) EFT checkpoint tensors the model lacks, as the authors' loader does silently."""
     overwrite: bool = False
-    """Replace an existing output folder."""
+    """Replace an existing, non-empty output folder (all of its contents)."""
 
     def main(self) -> None:
         """Run the conversion; errors are printed without a traceback and exit with status 1."""
@@ -265,7 +267,7 @@ class ConvertTeacher:
                 allow_extra_eft_keys=self.allow_extra_eft_keys,
                 overwrite=self.overwrite,
             )
-        except (FileNotFoundError, FileExistsError, ValueError) as error:
+        except (OSError, ValueError) as error:  # OSError: missing inputs, output refused, disk full
             CONSOLE.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
             raise SystemExit(1) from error
 
