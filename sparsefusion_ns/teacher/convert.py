@@ -25,6 +25,7 @@ needs memory for the checkpoints, not for a materialised teacher.
 
 from __future__ import annotations
 
+import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -76,11 +77,22 @@ def torch_load_weights_only(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, … depending on the content
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch's message carries terminal colours
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+            # torch's own message suggests weights_only=False, i.e. running the file's code: not quoted
+            named = re.search(r"GLOBAL ([\w.]+)", text)
+            content = f"the Python object {named.group(1)}" if named else "Python objects"
+            raise ValueError(
+                f"{path} could not be read with torch.load(weights_only=True): it holds {content} besides tensors "
+                "and plain containers. Nothing in it was run, and sf-convert-teacher never unpickles such objects: "
+                "unpickling can run arbitrary code. What is safe: use the authors' released checkpoint files as "
+                "downloaded (they load as they are), or ask whoever made this file for its tensors alone (a "
+                ".safetensors file, or a torch.save of a dict of tensors)."
+            ) from None
         first_line = text.splitlines()[0] if text else ""
         raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(error).__name__}: {first_line}). "
-            "It holds more than tensors and plain containers, or is not a PyTorch file. For safety we never "
-            "unpickle arbitrary objects: re-save its tensors (e.g. as .safetensors) in a trusted environment."
+            f"{path} could not be read with torch.load(weights_only=True): it is not a complete PyTorch file "
+            f"({type(error).__name__}: {first_line}). Check that its download or copy finished (compare its size "
+            "with the source's) and try again."
         ) from error
 
 
