@@ -109,6 +109,19 @@ class Co3dScene:
     """Indices into ``frames`` of the input views, sorted."""
 
 
+def check_viewpoints(frames: List[Co3dFrame], source: str) -> None:
+    """Refuse frames without a camera, or whose camera holds NaN or infinite values, naming them."""
+    for frame in frames:
+        viewpoint = frame.viewpoint
+        values = () if viewpoint is None else (viewpoint.R, viewpoint.T, viewpoint.focal_length, viewpoint.principal_point)
+        if viewpoint is None or not all(np.isfinite(np.asarray(value, dtype=np.float64)).all() for value in values):
+            problem = "has no viewpoint" if viewpoint is None else "has NaN or infinite values in its viewpoint"
+            raise Co3dFormatError(
+                f"Frame {frame.frame_number} ({frame.image_path}) of {source} {problem} (R, T, focal_length, "
+                "principal_point in frame_annotations.jgz). Fix its annotation, or choose another sequence."
+            )
+
+
 def choose_scene(config: Co3dDataParserConfig) -> Co3dScene:
     """Apply the frame and input-view rules of the module docstring."""
     category = Co3dCategory(config.data, config.category)
@@ -124,6 +137,7 @@ def choose_scene(config: Co3dDataParserConfig) -> Co3dScene:
         chosen = frames
     else:
         chosen = [frames[i] for i in evenly_spaced_indices(len(frames), config.num_frames)]
+    check_viewpoints(chosen, f"sequence {name} of {Path(config.data) / config.category}")
     source = f"sequence {name} ({len(chosen)} chosen frames)"
     if config.input_views:
         input_views = select_input_views(
@@ -232,7 +246,8 @@ class Co3dDataParser(DataParser):
         )
         cameras = ndc_to_nerfstudio(ndc_cameras, (config.image_size, config.image_size))
         if config.camera_check != "off" and split == "train":
-            for problem in check_cameras(cameras, source=f"CO3D sequence {scene.sequence_name}"):
+            names = [f"frame {frame.frame_number}" for frame in frames]
+            for problem in check_cameras(cameras, source=f"CO3D sequence {scene.sequence_name}", names=names):
                 if config.camera_check == "error":
                     raise Co3dFormatError(problem)
                 CONSOLE.print(f"[bold yellow]Camera check:[/bold yellow] {problem}")
