@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sparsefusion_ns.data.co3d_annotations import Co3dFormatError, Co3dFrame, Co3dViewpoint
 from sparsefusion_ns.data.co3d_dataparser import check_viewpoints
+from sparsefusion_ns.data.image_files import ImageFormatError, read_image_uint8
+from sparsefusion_ns.data.masked_dataset import MaskedImageDataset, MaskSizeError
 from sparsefusion_ns.data.sparse_view_dataparser import SceneFormatError, SparseViewsDataParserConfig
 
+from tests.png16 import write_png16
 from tests.scenes import demo_scene, rewrite_transforms
 
 
@@ -81,12 +85,54 @@ def scene_with_mask_files(folder: Path, num_views: int = 6, resolution: int = 16
     return scene
 
 
+def test_a_mask_of_another_size_is_an_error_naming_both_files(tmp_path):
+    scene = scene_with_mask_files(tmp_path / "scene")
+    Image.new("L", (12, 8), 255).save(scene / "images" / "frame_003_mask.png")
+    dataset = MaskedImageDataset(outputs(scene, input_views=(0, 3)))
+    assert dataset[0]["fg_mask"].shape == (16, 16, 1)
+    with pytest.raises(MaskSizeError, match=r"frame_003_mask.png is 12×8 pixels but its image .*frame_003.png is 16×16"):
+        dataset[1]
+
+
 def test_masks_given_for_only_some_frames_are_an_error(tmp_path):
     scene = scene_with_mask_files(tmp_path / "scene")
     edit_frame(scene, 2, lambda entry: entry.pop("mask_path"))
     edit_frame(scene, 5, lambda entry: entry.pop("mask_path"))
     with pytest.raises(SceneFormatError, match=r"4 frames .* give a 'mask_path' but frames 2 \(frame_002.png\), 5 \(frame_005.png\) do not"):
         outputs(scene, input_views=(0, 3))
+
+
+# ---------------------------------------------------------------------------------------- images
+
+
+def test_16_bit_greyscale_images_are_scaled_not_wrapped(tmp_path):
+    scene = scene_with_mask_files(tmp_path / "scene")
+    grey = np.full((16, 16), 40000, dtype=np.uint16)  # 61 % of full scale
+    for image in (scene / "images").glob("frame_00?.png"):
+        write_png16(image, grey)
+    assert Image.open(scene / "images" / "frame_000.png").mode == "I;16"
+    item = MaskedImageDataset(outputs(scene, input_views=(0, 3)))[0]
+    foreground = item["fg_mask"][..., 0] > 0.99
+    assert foreground.any()
+    torch.testing.assert_close(item["image"][foreground], torch.full((int(foreground.sum()), 3), 156 / 255))
+
+
+def test_grey_plus_alpha_images_are_read(tmp_path):
+    scene = demo_scene(tmp_path / "scene", num_views=6, resolution=16)
+    for image in (scene / "images").glob("*.png"):
+        Image.open(image).convert("LA").save(image)
+    write_png16(scene / "images" / "frame_003.png", np.stack([np.full((16, 16), 65535), np.zeros((16, 16))], -1))
+    dataset = MaskedImageDataset(outputs(scene, input_views=(0, 3)))
+    first, second = dataset[0], dataset[1]
+    assert first["image"].shape == (16, 16, 3) and 0.05 < float(first["fg_mask"].mean()) < 0.95
+    assert float(second["fg_mask"].max()) == 0.0  # 16-bit grey + alpha: fully transparent
+
+
+def test_images_without_a_colour_range_are_refused_by_name(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32)).save(path)
+    with pytest.raises(ImageFormatError, match=r"depth.tif is a floating-point image"):
+        read_image_uint8(path)
 
 
 # -------------------------------------------------------------------------------------- messages
