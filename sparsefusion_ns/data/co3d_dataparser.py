@@ -113,7 +113,8 @@ def check_viewpoints(frames: List[Co3dFrame], source: str) -> None:
     """Refuse frames without a camera, or whose camera holds NaN or infinite values, naming them."""
     for frame in frames:
         viewpoint = frame.viewpoint
-        values = () if viewpoint is None else (viewpoint.R, viewpoint.T, viewpoint.focal_length, viewpoint.principal_point)
+        values = () if viewpoint is None else (viewpoint.R, viewpoint.T, viewpoint.focal_length)
+        values += () if viewpoint is None else (viewpoint.principal_point,)
         if viewpoint is None or not all(np.isfinite(np.asarray(value, dtype=np.float64)).all() for value in values):
             problem = "has no viewpoint" if viewpoint is None else "has NaN or infinite values in its viewpoint"
             raise Co3dFormatError(

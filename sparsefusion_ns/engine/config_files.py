@@ -94,7 +94,8 @@ class _RunConfigConstructor(FullConstructor):
     def find_python_name(self, name, mark, unsafe=False):
         module = name.rsplit(".", 1)[0] if "." in name else "builtins"
         if not _importable(module):
-            raise self._refuse(name, f"module {module!r} is not a configuration module of nerfstudio or sparsefusion_ns", mark)
+            why = f"module {module!r} is not a configuration module of nerfstudio or sparsefusion_ns"
+            raise self._refuse(name, why, mark)
         return super().find_python_name(name, mark, unsafe=True)  # imports an allowed module
 
     def construct_python_name(self, suffix, node):
@@ -103,7 +104,8 @@ class _RunConfigConstructor(FullConstructor):
             _in_package(value.__module__, CONFIG_PACKAGES) or _in_package(value.__module__, CLASS_REFERENCE_MODULES)
         )
         if not (is_class or suffix in FUNCTION_REFERENCES):
-            raise self._refuse(suffix, "only classes of nerfstudio, sparsefusion_ns and torch.optim may be named", node.start_mark)
+            why = "only classes of nerfstudio, sparsefusion_ns and torch.optim may be named"
+            raise self._refuse(suffix, why, node.start_mark)
         return value
 
     def make_python_instance(self, suffix, node, args=None, kwds=None, newobj=False, unsafe=False):
@@ -111,12 +113,14 @@ class _RunConfigConstructor(FullConstructor):
         target = self.find_python_name(suffix, node.start_mark)
         if newobj:  # !!python/object: and !!python/object/new: create without calling the class
             if not _is_config_class(target) or args or kwds:
-                raise self._refuse(suffix, "only configuration classes (dataclasses) of nerfstudio and sparsefusion_ns are built", node.start_mark)
+                why = "only configuration classes (dataclasses) of nerfstudio and sparsefusion_ns are built"
+                raise self._refuse(suffix, why, node.start_mark)
             return target.__new__(target)
         # !!python/object/apply: calls its target
         if isinstance(target, type) and issubclass(target, pathlib.PurePath) and not kwds:
             return target(*args)
-        if isinstance(target, type) and issubclass(target, enum.Enum) and _in_package(target.__module__, CONFIG_PACKAGES):
+        is_enum = isinstance(target, type) and issubclass(target, enum.Enum)
+        if is_enum and _in_package(target.__module__, CONFIG_PACKAGES):
             return target(*args)
         if suffix in _GETITEM and len(args) == 2 and _is_generic_class(args[0]):
             parameters = args[1] if isinstance(args[1], tuple) else (args[1],)
@@ -128,7 +132,9 @@ class _RunConfigConstructor(FullConstructor):
         super().set_python_instance_state(instance, state, unsafe=False)  # no dunder attributes
 
 
-_RunConfigConstructor.add_multi_constructor("tag:yaml.org,2002:python/object:", _RunConfigConstructor.construct_python_object)
+_RunConfigConstructor.add_multi_constructor(
+    "tag:yaml.org,2002:python/object:", _RunConfigConstructor.construct_python_object
+)
 _RunConfigConstructor.add_multi_constructor(
     "tag:yaml.org,2002:python/object/new:", _RunConfigConstructor.construct_python_object_new
 )
@@ -156,7 +162,8 @@ def load_run_config(path: Path) -> TrainerConfig:
     path = Path(path)
     if not path.is_file():
         raise RunConfigError(
-            f"{path} does not exist. Pass the config.yml that ns-train wrote next to the run's nerfstudio_models/ folder."
+            f"{path} does not exist. Pass the config.yml that ns-train wrote next to the run's nerfstudio_models/ "
+            "folder."
         )
     try:
         config = yaml.load(path.read_text(), Loader=RunConfigLoader)

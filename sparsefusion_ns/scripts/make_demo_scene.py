@@ -127,9 +127,8 @@ def render_view(camera_to_world: np.ndarray, resolution: int, focal: float) -> n
 
 def make_demo_scene(config: DemoSceneConfig) -> Path:
     """Write the scene and return the path of its ``transforms.json``."""
-    prepare_output_folder(
-        config.output, config.overwrite, "sf-make-demo-scene --output", own_outputs=("transforms.json", "images/frame_*.png")
-    )
+    own_outputs = ("transforms.json", "images/frame_*.png")
+    prepare_output_folder(config.output, config.overwrite, "sf-make-demo-scene --output", own_outputs=own_outputs)
     rng = np.random.default_rng(config.seed)
     images = config.output / "images"
     images.mkdir(parents=True, exist_ok=True)
