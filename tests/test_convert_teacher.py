@@ -96,6 +96,40 @@ def test_pickle_only_checkpoint_is_refused_with_its_name(authors_files, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+class RunsCode:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused_pointing_at_safe_options(authors_files, tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"model_state_dict": {}, "args": RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as error:
+        convert_teacher(
+            tmp_path / "evil.pt", authors_files / "ckpt_latest.pt", authors_files / "sd-v1-3.ckpt",
+            tmp_path / "out", config=TINY,
+        )  # fmt: skip
+    message = str(error.value)
+    assert not marker.exists()
+    assert "evil.pt" in message and "Python object posix.system" in message and "Nothing in it was run" in message
+    assert "released checkpoint files as downloaded" in message and ".safetensors" in message
+    # torch's own hint points at the unsafe option: it is not passed on
+    assert "likely succeed" not in message and "weights_only=False" not in message and "`False`" not in message
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((authors_files / "ckpt_latest_eft.pt").read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"truncated\.pt .* not a complete PyTorch file"):
+        convert_teacher(
+            truncated, authors_files / "ckpt_latest.pt", authors_files / "sd-v1-3.ckpt", tmp_path / "out", config=TINY
+        )
+
+
 def test_checkpoint_without_model_state_dict_is_refused(authors_files, tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}, "step": 1}, tmp_path / "other.pt")
     expected = r"other\.pt is not an authors' SparseFusion checkpoint.*found \['state_dict', 'step'\]"
@@ -135,11 +169,16 @@ def test_extra_eft_keys_need_the_flag_and_are_reported(source_teacher, authors_f
 
 def test_existing_output_is_kept_unless_overwrite(authors_files, tmp_path):
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
     arguments = (authors_files / "ckpt_latest_eft.pt", authors_files / "ckpt_latest.pt", authors_files / "sd-v1-3.ckpt")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match=r"--output .*out is not empty \(it holds notes.txt\).*--overwrite"):
         convert_teacher(*arguments, tmp_path / "out", config=TINY)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
     convert_teacher(*arguments, tmp_path / "out", config=TINY, overwrite=True)
     assert (tmp_path / "out" / "teacher_config.json").is_file()
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose
+    convert_teacher(*arguments, tmp_path / "empty", config=TINY)
+    assert (tmp_path / "empty" / "teacher_config.json").is_file()
 
 
 def test_cli_reports_errors_without_traceback(authors_files, tmp_path, monkeypatch, capsys):

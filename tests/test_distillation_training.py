@@ -220,10 +220,10 @@ def test_same_seed_gives_the_same_distillation(distilled, scene, teacher_folder,
 def test_resume_mid_distillation_reaches_the_same_state(distilled, scene, teacher_folder, vgg_weights, tmp_path):
     reference_config, reference, _ = distilled
     # resume from the checkpoint of the last bootstrap step: the resumed run switches phase itself
+    # the same command as the reference run: --max-num-iterations counts the whole run
     config = distillation_config(
-        scene, tmp_path, teacher_folder, vgg_weights, iterations=ITERATIONS - (BOOTSTRAP + 1),
-        load_dir=reference_config.get_checkpoint_dir(),
-    )  # fmt: skip
+        scene, tmp_path, teacher_folder, vgg_weights, load_dir=reference_config.get_checkpoint_dir()
+    )
     config.load_step = BOOTSTRAP
     seed_everything()  # as ns-train does at launch: nerfstudio's image cache order comes from `random`
     resumed = run(config, [reseed_at(BOOTSTRAP + 1)])

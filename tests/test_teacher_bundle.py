@@ -127,6 +127,35 @@ def test_wrong_architecture_lists_keys_and_names_the_architecture(saved_folder, 
     assert "unexpected (136)" in message and "downs.0.2.1.block1.groupnorm.bias" in message  # 2nd GC block, level 0
 
 
+def test_broken_files_are_named(saved_folder, tmp_path):
+    truncated = copy_with_config(saved_folder, tmp_path / "truncated", lambda m: None)
+    data = (truncated / "vae.safetensors").read_bytes()
+    (truncated / "vae.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated/vae\.safetensors is not a readable \.safetensors file"):
+        Teacher.from_pretrained(truncated)
+    garbled = copy_with_config(saved_folder, tmp_path / "garbled", lambda m: None)
+    (garbled / "eft.safetensors").write_bytes(b"\x00garbage" * 64)
+    with pytest.raises(ValueError, match=r"garbled/eft\.safetensors is not a readable"):
+        Teacher.from_pretrained(garbled)
+    not_json = copy_with_config(saved_folder, tmp_path / "not_json", lambda m: None)
+    (not_json / CONFIG_FILE).write_text('{"format": "sparsefusion-ns-teacher", ')
+    with pytest.raises(ValueError, match=rf"not_json/{CONFIG_FILE} is not valid JSON"):
+        Teacher.from_pretrained(not_json)
+    invalid = copy_with_config(saved_folder, tmp_path / "invalid", lambda m: m["config"].update(efts={}))
+    with pytest.raises(ValueError, match=rf"invalid/{CONFIG_FILE} does not describe a valid teacher.*efts"):
+        Teacher.from_pretrained(invalid)
+
+
+def test_weights_holding_nan_are_refused(saved_folder, tmp_path):
+    folder = copy_with_config(saved_folder, tmp_path / "nan", lambda m: None)
+    tensors = safetensors.torch.load_file(folder / "unet.safetensors")
+    tensors["final_conv.weight"][0, 0] = float("nan")
+    tensors["final_conv.bias"][:] = float("inf")
+    safetensors.torch.save_file(tensors, folder / "unet.safetensors")
+    with pytest.raises(ValueError, match=r"nan/unet\.safetensors holds NaN or infinite values in 2 tensor\(s\): final_conv"):
+        Teacher.from_pretrained(folder)
+
+
 def test_writing_is_atomic(tiny_teacher, tmp_path, monkeypatch):
     target = tmp_path / "teacher"
     real_save = safetensors.torch.save_file

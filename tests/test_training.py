@@ -92,7 +92,8 @@ def test_checkpoints_load_with_weights_only(trained):
 def test_resume_restores_the_exact_state(trained, scene, tmp_path):
     config, trainer = trained
     saved = torch.load(config.get_checkpoint_dir() / "step-000000011.ckpt", map_location="cpu", weights_only=True)
-    resumed_config = tiny_trainer_config(scene, tmp_path, iterations=2, load_dir=config.get_checkpoint_dir())
+    # --max-num-iterations counts the whole run: 14 trains steps 12 and 13
+    resumed_config = tiny_trainer_config(scene, tmp_path, iterations=14, load_dir=config.get_checkpoint_dir())
     resumed = resumed_config.setup(local_rank=0, world_size=1)
     resumed.setup()
     assert resumed._start_step == 12

@@ -8,7 +8,7 @@ plain-language problems; the dataparser warns or raises depending on its ``camer
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -20,6 +20,9 @@ MAX_OFF_AXIS_DEGREES = 30.0
 """Largest allowed angle between a camera's viewing axis and the direction to the look-at point."""
 MAX_CENTRE_OFFSET = 0.35
 """Largest allowed distance of the look-at point from the origin, relative to the mean camera distance."""
+MIN_POSITION_SPREAD = 1e-6
+"""Below this spread of the camera centres (relative to their distance from the origin, or 1) all
+cameras count as sitting at one position."""
 
 
 def look_at_point(origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -31,9 +34,12 @@ def look_at_point(origins: torch.Tensor, directions: torch.Tensor) -> torch.Tens
     return torch.linalg.lstsq(lhs, rhs).solution[:, 0]
 
 
-def check_cameras(cameras: Cameras, source: str = "the scene") -> List[str]:
-    """Return human-readable problems with the cameras (empty when they look right)."""
+def check_cameras(cameras: Cameras, source: str = "the scene", names: Optional[Sequence[str]] = None) -> List[str]:
+    """Return human-readable problems with the cameras (empty when they look right).
+
+    ``names`` (one per camera, e.g. "frame 3 (r_3.png)") are used in the messages instead of positions."""
     problems: List[str] = []
+    names = list(names) if names is not None else [f"camera {i}" for i in range(len(cameras))]
     c2w = cameras.camera_to_worlds.double()
     rotations = c2w[:, :3, :3]
     identity = torch.eye(3, dtype=rotations.dtype).expand_as(rotations)
@@ -42,7 +48,7 @@ def check_cameras(cameras: Cameras, source: str = "the scene") -> List[str]:
     bad = [i for i in range(len(c2w)) if orthogonality_error[i] > 1e-3 or abs(determinants[i] - 1.0) > 1e-3]
     if bad:
         problems.append(
-            f"Camera(s) {bad} of {source} have rotations that are not proper rotation matrices "
+            f"{_join(names, bad)} of {source}: rotations that are not proper rotation matrices "
             "(not orthonormal, or a reflection with determinant −1). Check that transform_matrix is a "
             "camera-to-world matrix without scale, in OpenGL convention."
         )
@@ -60,6 +66,15 @@ def check_cameras(cameras: Cameras, source: str = "the scene") -> List[str]:
 
     origins = c2w[:, :3, 3]
     forward = -c2w[:, :3, 2]  # OpenGL cameras look down −z
+    spread = (origins - origins.mean(dim=0)).norm(dim=-1).max() if len(origins) else origins.new_zeros(())
+    if len(origins) >= 2 and spread <= MIN_POSITION_SPREAD * max(1.0, float(origins.norm(dim=-1).mean())):
+        problems.append(
+            f"All {len(origins)} input cameras of {source} ({_join(names, range(len(origins)))}) sit at the same "
+            "position: views from one point cannot be triangulated. "
+            "Check the translations (last column) of their transform_matrix: they may be missing or zero, or "
+            "the matrices may be world-to-camera instead of camera-to-world."
+        )
+        return problems  # the geometric checks below need cameras at different positions
     if len(origins) >= 2:
         target = look_at_point(origins, forward)
         to_target = torch.nn.functional.normalize(target[None] - origins, dim=-1)
@@ -67,7 +82,7 @@ def check_cameras(cameras: Cameras, source: str = "the scene") -> List[str]:
         off_axis = [i for i in range(len(c2w)) if angles[i] > MAX_OFF_AXIS_DEGREES]
         if off_axis:
             problems.append(
-                f"Camera(s) {off_axis} of {source} do not face the object: their viewing axes miss the point "
+                f"{_join(names, off_axis)} of {source} do not face the object: their viewing axes miss the point "
                 f"all cameras look at by more than {MAX_OFF_AXIS_DEGREES:g}° (angles "
                 f"{[round(float(angles[i]), 1) for i in off_axis]}). Poses may be in OpenCV convention "
                 "(+z forward) instead of OpenGL (−z forward), or world-to-camera instead of camera-to-world."
@@ -80,3 +95,7 @@ def check_cameras(cameras: Cameras, source: str = "the scene") -> List[str]:
                 "origin: re-centre the poses on the object."
             )
     return problems
+
+
+def _join(names: Sequence[str], indices) -> str:
+    return ", ".join(names[i] for i in indices)

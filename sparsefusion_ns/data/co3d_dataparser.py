@@ -42,6 +42,7 @@ from sparsefusion_ns.data.camera_checks import check_cameras
 from sparsefusion_ns.data.co3d_annotations import Co3dCategory, Co3dFormatError, Co3dFrame, evenly_spaced_indices
 from sparsefusion_ns.data.co3d_preprocess import TEACHER_CROP_KEY, Co3dPreprocessing, preprocess_frame
 from sparsefusion_ns.data.view_selection import ViewSelectionError, held_out_views, select_input_views
+from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 
 CACHE_VERSION = 1
 """Bump when the cached files change meaning; older caches are then rebuilt."""
@@ -108,6 +109,20 @@ class Co3dScene:
     """Indices into ``frames`` of the input views, sorted."""
 
 
+def check_viewpoints(frames: List[Co3dFrame], source: str) -> None:
+    """Refuse frames without a camera, or whose camera holds NaN or infinite values, naming them."""
+    for frame in frames:
+        viewpoint = frame.viewpoint
+        values = () if viewpoint is None else (viewpoint.R, viewpoint.T, viewpoint.focal_length)
+        values += () if viewpoint is None else (viewpoint.principal_point,)
+        if viewpoint is None or not all(np.isfinite(np.asarray(value, dtype=np.float64)).all() for value in values):
+            problem = "has no viewpoint" if viewpoint is None else "has NaN or infinite values in its viewpoint"
+            raise Co3dFormatError(
+                f"Frame {frame.frame_number} ({frame.image_path}) of {source} {problem} (R, T, focal_length, "
+                "principal_point in frame_annotations.jgz). Fix its annotation, or choose another sequence."
+            )
+
+
 def choose_scene(config: Co3dDataParserConfig) -> Co3dScene:
     """Apply the frame and input-view rules of the module docstring."""
     category = Co3dCategory(config.data, config.category)
@@ -123,6 +138,7 @@ def choose_scene(config: Co3dDataParserConfig) -> Co3dScene:
         chosen = frames
     else:
         chosen = [frames[i] for i in evenly_spaced_indices(len(frames), config.num_frames)]
+    check_viewpoints(chosen, f"sequence {name} of {Path(config.data) / config.category}")
     source = f"sequence {name} ({len(chosen)} chosen frames)"
     if config.input_views:
         input_views = select_input_views(
@@ -174,9 +190,11 @@ def preprocess_into_cache(
         processed = preprocess_frame(root, frame, settings)
         stem = f"frame{frame.frame_number:06d}"
         rgba = torch.cat([processed.image, processed.mask], dim=0).permute(1, 2, 0).numpy()
-        Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(folder / f"{stem}_rgba.png")
+        with atomic_path(folder / f"{stem}_rgba.png") as temporary:
+            Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(temporary, format="PNG")
         valid = processed.valid[0].numpy()
-        Image.fromarray(np.round(valid * 255).astype(np.uint8), mode="L").save(folder / f"{stem}_valid.png")
+        with atomic_path(folder / f"{stem}_valid.png") as temporary:
+            Image.fromarray(np.round(valid * 255).astype(np.uint8), mode="L").save(temporary, format="PNG")
         index[key] = {
             "rgba": f"{stem}_rgba.png",
             "valid": f"{stem}_valid.png",
@@ -188,7 +206,7 @@ def preprocess_into_cache(
         }
         changed = True
     if changed:
-        index_file.write_text(json.dumps(index, indent=1))
+        write_text_atomically(index_file, json.dumps(index, indent=1))
     return {int(k): v for k, v in index.items()}
 
 
@@ -229,7 +247,8 @@ class Co3dDataParser(DataParser):
         )
         cameras = ndc_to_nerfstudio(ndc_cameras, (config.image_size, config.image_size))
         if config.camera_check != "off" and split == "train":
-            for problem in check_cameras(cameras, source=f"CO3D sequence {scene.sequence_name}"):
+            names = [f"frame {frame.frame_number}" for frame in frames]
+            for problem in check_cameras(cameras, source=f"CO3D sequence {scene.sequence_name}", names=names):
                 if config.camera_check == "error":
                     raise Co3dFormatError(problem)
                 CONSOLE.print(f"[bold yellow]Camera check:[/bold yellow] {problem}")

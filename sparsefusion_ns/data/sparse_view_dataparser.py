@@ -70,6 +70,11 @@ class _Frame:
 def _find_transforms(data: Path) -> Path:
     if data.is_file():
         return data
+    if not data.exists():
+        raise SceneFormatError(
+            f"The scene folder {data} (--data) does not exist. Check the path; it should be a folder holding "
+            "transforms.json (nerfstudio) or transforms_train.json (Blender), or the JSON file itself."
+        )
     for name in ("transforms.json", "transforms_train.json"):
         if (data / name).exists():
             return data / name
@@ -88,7 +93,7 @@ def _resolve_image(base: Path, file_path: str, transforms: Path) -> Path:
     raise SceneFormatError(f"Image {path} listed in {transforms} does not exist.")
 
 
-def _frame_intrinsics(meta: Dict[str, Any], frame: Dict[str, Any], image: Path, transforms: Path):
+def _frame_intrinsics(meta: Dict[str, Any], frame: Dict[str, Any], image: Path, transforms: Path, index: int):
     def get(key: str):
         return frame.get(key, meta.get(key))
 
@@ -106,6 +111,13 @@ def _frame_intrinsics(meta: Dict[str, Any], frame: Dict[str, Any], image: Path, 
     fy = fx if fy is None else fy
     cx = get("cx") if get("cx") is not None else width / 2.0
     cy = get("cy") if get("cy") is not None else height / 2.0
+    values = {"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": width, "h": height}
+    broken = {key: value for key, value in values.items() if not _finite_number(value)}
+    if broken:
+        raise SceneFormatError(
+            f"{transforms} gives non-finite or non-numeric intrinsics for frame {index} ({image.name}): {broken}. "
+            "Fix fl_x/fl_y/cx/cy/w/h of that frame (or the file-level defaults)."
+        )
     distortion = [get(k) or 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2")]
     if any(abs(float(d)) > 1e-8 for d in distortion):
         raise SceneFormatError(
@@ -113,6 +125,13 @@ def _frame_intrinsics(meta: Dict[str, Any], frame: Dict[str, Any], image: Path, 
             "Undistort the images first (e.g. with ns-process-data)."
         )
     return float(fx), float(fy), float(cx), float(cy), int(width), int(height)
+
+
+def _finite_number(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
 
 
 def read_transforms(transforms: Path) -> List[_Frame]:
@@ -135,7 +154,20 @@ def read_transforms(transforms: Path) -> List[_Frame]:
         matrix = np.asarray(frame["transform_matrix"], dtype=np.float64)
         if matrix.shape not in ((4, 4), (3, 4)):
             raise SceneFormatError(f"transform_matrix of frame {index} in {transforms} is not 3x4 or 4x4.")
-        frames.append(_Frame(image, mask, matrix[:3, :4], _frame_intrinsics(meta, frame, image, transforms)))
+        if not np.isfinite(matrix).all():
+            raise SceneFormatError(
+                f"transform_matrix of frame {index} ({frame['file_path']}) in {transforms} holds NaN or infinite "
+                f"values: {matrix.tolist()}. Fix that frame's pose, or remove the frame."
+            )
+        frames.append(_Frame(image, mask, matrix[:3, :4], _frame_intrinsics(meta, frame, image, transforms, index)))
+    without_mask = [index for index, frame in enumerate(frames) if frame.mask is None]
+    if 0 < len(without_mask) < len(frames):
+        shown = ", ".join(f"{i} ({frames[i].image.name})" for i in without_mask[:5])
+        more = f" and {len(without_mask) - 5} more" if len(without_mask) > 5 else ""
+        raise SceneFormatError(
+            f"{len(frames) - len(without_mask)} frames of {transforms} give a 'mask_path' but frames {shown}{more} "
+            "do not. Give every frame a mask_path, or none (and store the masks as the images' alpha channels)."
+        )
     return frames
 
 
@@ -202,7 +234,8 @@ class SparseViewsDataParser(DataParser):
             camera_type=CameraType.PERSPECTIVE,
         )
         if config.camera_check != "off" and split == "train":
-            problems = check_cameras(cameras, source=str(transforms))
+            names = [f"frame {i} ({frames[i].image.name})" for i in chosen]
+            problems = check_cameras(cameras, source=str(transforms), names=names)
             for problem in problems:
                 if config.camera_check == "error":
                     raise SceneFormatError(problem)

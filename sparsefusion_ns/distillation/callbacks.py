@@ -42,6 +42,7 @@ from sparsefusion_ns.distillation.objective import (
 )
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
 from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, teacher_inputs
+from sparsefusion_ns.engine.trainer import check_finite_losses, last_training_step
 from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundError, load_lpips_vgg
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
@@ -166,6 +167,7 @@ class NovelViewStep:
             target_image, target_time = target.image, target.t
             losses = diffusion_losses(rgb, opacity, target, self.config, self.lpips)
 
+        check_finite_losses(losses, step, what="distillation (novel-view)")
         loss = sum(losses.values())
         self.optimizers.zero_grad_all()
         self.grad_scaler.scale(loss).backward()
@@ -197,7 +199,7 @@ def distillation_callbacks(
     model.attach_teacher(teacher)
 
     trainer = attributes.trainer
-    last_step = trainer._start_step + trainer.config.max_num_iterations - 1  # _start_step: after a resume
+    last_step = last_training_step(trainer)
     lpips = None
     if perceptual_loss_needed(config, last_step):
         lpips = load_perceptual_loss(model.lpips_config(), device)

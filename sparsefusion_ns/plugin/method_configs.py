@@ -7,6 +7,10 @@ step. With ``--pipeline.model.teacher FOLDER`` every iteration also runs the dis
 a 128² render of a novel camera, upsampled to 256², supervised by the EFT for the first 1000
 iterations and by the diffusion model after. ``sparsefusion-tiny`` is the same method at sizes that
 train in seconds on a CPU (with a tiny teacher: 64² teacher images, 32² renders).
+
+Both train with :class:`~sparsefusion_ns.engine.trainer.SparseFusionTrainer`: nerfstudio's trainer with
+atomic checkpoints, a ``--max-num-iterations`` that counts the whole run (a resumed run trains the
+steps left), and a stop on non-finite losses.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
@@ -24,6 +27,7 @@ from sparsefusion_ns.data.masked_dataset import MaskedImageDataset
 from sparsefusion_ns.data.sparse_view_dataparser import SparseViewsDataParserConfig
 from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.distillation.novel_cameras import NovelCameraPoolConfig
+from sparsefusion_ns.engine.trainer import SparseFusionTrainerConfig
 from sparsefusion_ns.model.sparsefusion_model import SparseFusionModelConfig
 
 
@@ -36,9 +40,9 @@ def _optimizers(grid_lr: float, mlp_lr: float) -> dict:
     }
 
 
-def sparsefusion_config() -> TrainerConfig:
+def sparsefusion_config() -> SparseFusionTrainerConfig:
     """The paper's configuration."""
-    return TrainerConfig(
+    return SparseFusionTrainerConfig(
         method_name="sparsefusion",
         steps_per_eval_batch=500,
         steps_per_eval_image=500,
@@ -63,7 +67,7 @@ def sparsefusion_config() -> TrainerConfig:
     )
 
 
-def sparsefusion_tiny_config() -> TrainerConfig:
+def sparsefusion_tiny_config() -> SparseFusionTrainerConfig:
     """Same method, small enough that an iteration takes a fraction of a second on 2 CPU cores."""
     config = sparsefusion_config()
     config.method_name = "sparsefusion-tiny"

@@ -12,6 +12,12 @@ compares the images as they are. Writes per-view and mean values as JSON and a c
 Rendering is deterministic (no stratified jitter outside training), so two runs on the same
 checkpoint give identical numbers. ``ns-eval`` works on the same checkpoints too (it averages the
 same per-view metrics through the model's ``get_image_metrics_and_images``).
+
+The run's ``config.yml`` is read with a restricted loader (it cannot run code) and the newest
+complete checkpoint is used (:mod:`sparsefusion_ns.engine.eval_setup`). A non-empty output folder is
+refused without ``--overwrite``; with it, the earlier ``metrics.json`` and contact sheet are deleted
+before anything is rendered, and the new ones are written atomically, so an interrupted run never
+leaves a result that looks current.
 """
 
 from __future__ import annotations
@@ -25,12 +31,20 @@ import numpy as np
 import torch
 import tyro
 from PIL import Image
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from sparsefusion_ns.engine.checkpoints import CheckpointError
+from sparsefusion_ns.engine.config_files import RunConfigError
+from sparsefusion_ns.engine.eval_setup import eval_setup
 from sparsefusion_ns.metrics import LPIPSConfig, lpips_or_warn, view_metrics
+from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
+
+OUTPUT_FILES = ("metrics.json", "contact_sheet.png")
+"""What sf-eval writes into its output folder."""
 
 
 @dataclass
@@ -49,6 +63,8 @@ class EvaluateConfig:
     """Local LPIPS linear heads (the lpips package's weights/v0.1/vgg.pth); default: found automatically."""
     contact_sheet_width: int = 128
     """Width in pixels of each image in the contact sheet."""
+    overwrite: bool = False
+    """Write into a non-empty output folder (its earlier metrics.json and contact sheet are deleted first)."""
 
 
 def _to_image(tensor: torch.Tensor, width: int) -> Image.Image:
@@ -60,6 +76,7 @@ def _to_image(tensor: torch.Tensor, width: int) -> Image.Image:
 
 def evaluate(config: EvaluateConfig) -> Dict:
     """Evaluate the held-out views; returns the JSON-ready results (also written to disk)."""
+    prepare_output_folder(config.output_dir, config.overwrite, "sf-eval --output-dir", own_outputs=OUTPUT_FILES)
     _, pipeline, checkpoint, step = eval_setup(config.load_config, test_mode="test")
     model = pipeline.model
     model.eval()
@@ -117,14 +134,15 @@ def evaluate(config: EvaluateConfig) -> Dict:
         "mean": {name: float(np.mean([view[name] for view in per_view])) for name in names},
         "per_view": per_view,
     }
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    (config.output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)))
     offset = 0
     for row in rows:
         sheet.paste(row, (0, offset))
         offset += row.height
-    sheet.save(config.output_dir / "contact_sheet.png")
+    with atomic_path(config.output_dir / "contact_sheet.png") as temporary:
+        sheet.save(temporary, format="PNG")
+    # metrics.json last: once it exists, the evaluation is complete
+    write_text_atomically(config.output_dir / "metrics.json", json.dumps(results, indent=2))
     means = ", ".join(f"{name} {value:.4f}" for name, value in results["mean"].items())
     CONSOLE.print(f"{len(per_view)} held-out views ({results['protocol']}): {means}")
     CONSOLE.print(f"Wrote {config.output_dir / 'metrics.json'} and {config.output_dir / 'contact_sheet.png'}")
@@ -132,7 +150,12 @@ def evaluate(config: EvaluateConfig) -> Dict:
 
 
 def entrypoint() -> None:
-    evaluate(tyro.cli(EvaluateConfig))
+    config = tyro.cli(EvaluateConfig)
+    try:
+        evaluate(config)
+    except (RunConfigError, CheckpointError, OSError) as error:  # OSError: output folder refused, disk full
+        CONSOLE.print(f"[bold red]Error:[/bold red] {escape(str(error))}", soft_wrap=True, highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

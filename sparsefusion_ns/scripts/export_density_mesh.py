@@ -33,12 +33,17 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional, Tuple
 import numpy as np
 import torch
 import tyro
-import yaml
 from jaxtyping import Float, Int
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from nerfstudio.utils.rich_utils import CONSOLE
+
+from sparsefusion_ns.engine.checkpoints import CheckpointError
+from sparsefusion_ns.engine.config_files import RunConfigError, load_run_config
+from sparsefusion_ns.utils.atomic_files import atomic_file
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
 if TYPE_CHECKING:
     from nerfstudio.engine.trainer import TrainerConfig
@@ -173,7 +178,7 @@ def write_ply(path: Path, mesh: DensityMesh, comments: Tuple[str, ...] = ()) -> 
         "property list uchar int vertex_indices",
         "end_header",
     ]
-    with open(path, "wb") as file:
+    with atomic_file(path, "wb") as file:
         file.write(("\n".join(header) + "\n").encode("ascii"))
         file.write(vertex.tobytes())
         file.write(face.tobytes())
@@ -206,18 +211,14 @@ def extract_density_mesh(
 
 
 def load_sparsefusion_config(load_config: Path) -> TrainerConfig:
-    """Read a run's config.yml and check that it trained a SparseFusion model."""
-    from nerfstudio.engine.trainer import TrainerConfig
-
+    """Read a run's config.yml (restricted loader: the file cannot run code) and check that it
+    trained a SparseFusion model."""
     from sparsefusion_ns.model.sparsefusion_model import SparseFusionModelConfig
 
-    if not load_config.is_file():
-        raise DensityMeshExportError(
-            f"{load_config} does not exist. Pass the config.yml that ns-train wrote next to the run's checkpoints."
-        )
-    config = yaml.load(load_config.read_text(), Loader=yaml.Loader)
-    if not isinstance(config, TrainerConfig):
-        raise DensityMeshExportError(f"{load_config} is not a nerfstudio training config (config.yml of a run).")
+    try:
+        config = load_run_config(load_config)
+    except RunConfigError as error:
+        raise DensityMeshExportError(str(error)) from None
     if not isinstance(config.pipeline.model, SparseFusionModelConfig):
         raise DensityMeshExportError(
             f"{load_config} is a '{config.method_name}' run ({type(config.pipeline.model).__name__}); "
@@ -249,13 +250,21 @@ class ExportDensityMesh:
     the input cameras are given in transforms.json. 'field': the coordinates the field is trained in."""
     output_name: str = "density_mesh.ply"
     """Name of the PLY file written in output_dir."""
+    overwrite: bool = False
+    """Write into a non-empty output folder (an earlier file of the same output name is replaced)."""
 
     def main(self) -> Path:
         """Export the mesh and return the path of the PLY file."""
-        from nerfstudio.utils.eval_utils import eval_setup
+        from sparsefusion_ns.engine.eval_setup import setup_pipeline
 
-        load_sparsefusion_config(self.load_config)
-        _, pipeline, _, _ = eval_setup(self.load_config, test_mode="inference")
+        config = load_sparsefusion_config(self.load_config)
+        prepare_output_folder(
+            self.output_dir, self.overwrite, "sf-export-density-mesh --output-dir", own_outputs=(self.output_name,)
+        )
+        try:
+            pipeline, _, _ = setup_pipeline(config, test_mode="inference")
+        except CheckpointError as error:
+            raise DensityMeshExportError(str(error)) from None
         field = pipeline.model.field
         half_extent = field.sizes.half_extent if self.bounds_half_extent is None else self.bounds_half_extent
         mesh = extract_density_mesh(
@@ -270,7 +279,6 @@ class ExportDensityMesh:
                 mesh.faces = np.ascontiguousarray(mesh.faces[:, ::-1])  # a reflection flips the winding
             frame_comment = "frame world (the scene's frame: dataparser transform and scale inverted)"
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.output_name
         write_ply(
             path,
@@ -294,8 +302,8 @@ def entrypoint() -> None:
     exporter = tyro.cli(ExportDensityMesh)
     try:
         exporter.main()
-    except DensityMeshExportError as error:
-        CONSOLE.print(f"[bold red]Error:[/bold red] {error}")
+    except (DensityMeshExportError, OSError) as error:  # OSError: output folder refused, disk full
+        CONSOLE.print(f"[bold red]Error:[/bold red] {escape(str(error))}", soft_wrap=True, highlight=False)
         raise SystemExit(1) from None
 
 

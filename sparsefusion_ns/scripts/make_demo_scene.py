@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import tyro
 from PIL import Image
-
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
 from sparsefusion_ns.cameras.conventions import pytorch3d_to_opengl_pose
 from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
 from sparsefusion_ns.synthetic.render import render_opengl_view
 from sparsefusion_ns.synthetic.shapes import Box, Cylinder, Lighting, Part, ShapeScene, Sphere
+from sparsefusion_ns.utils.atomic_files import write_text_atomically
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
 
 @dataclass
@@ -43,6 +45,8 @@ class DemoSceneConfig:
     """Focal length in units of the image width."""
     seed: int = 0
     """Seed of the camera elevations."""
+    overwrite: bool = False
+    """Write into a non-empty output folder (its transforms.json and images/frame_*.png are replaced)."""
 
 
 DEMO_OBJECT = ShapeScene(
@@ -80,6 +84,8 @@ def render_view(camera_to_world: np.ndarray, resolution: int, focal: float) -> n
 
 def make_demo_scene(config: DemoSceneConfig) -> Path:
     """Write the scene and return the path of its ``transforms.json``."""
+    own_outputs = ("transforms.json", "images/frame_*.png")
+    prepare_output_folder(config.output, config.overwrite, "sf-make-demo-scene --output", own_outputs=own_outputs)
     rng = np.random.default_rng(config.seed)
     images = config.output / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -106,13 +112,17 @@ def make_demo_scene(config: DemoSceneConfig) -> Path:
         "frames": frames,
     }
     path = config.output / "transforms.json"
-    path.write_text(json.dumps(transforms, indent=1))
+    write_text_atomically(path, json.dumps(transforms, indent=1))  # last: the scene is complete
     return path
 
 
 def entrypoint() -> None:
     config = tyro.cli(DemoSceneConfig)
-    path = make_demo_scene(config)
+    try:
+        path = make_demo_scene(config)
+    except OSError as error:  # the output folder refused, a full disk
+        CONSOLE.print(f"[bold red]Error:[/bold red] {escape(str(error))}", soft_wrap=True, highlight=False)
+        raise SystemExit(1) from None
     CONSOLE.print(f"Wrote {config.num_views} views to {path}")
 
 

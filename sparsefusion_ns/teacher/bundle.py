@@ -15,16 +15,15 @@ On disk a teacher is a folder, diffusers-style::
     unet.safetensors      VLDMUNet state dict (the authors' keys without "unets.0.")
     vae.safetensors       diffusers AutoencoderKL state dict
 
-Folders are written atomically (into a temporary sibling, then renamed) and read strictly: every
-file must exist and hold exactly the tensors of the architecture its config names.
+Folders are written atomically (into a temporary sibling, then renamed; files get the user's umask
+permissions) and read strictly: every file must exist, be complete, and hold exactly the tensors of
+the architecture its config names, all finite.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from sparsefusion_ns.teacher.diffusion_schedule import CosineLogSNRSchedule, Cos
 from sparsefusion_ns.teacher.eft import EFTConfig, EpipolarFeatureTransformer
 from sparsefusion_ns.teacher.unet import VLDMUNet, VLDMUNetConfig
 from sparsefusion_ns.teacher.vae import FrozenVAE, VAEConfig, check_state_dict
+from sparsefusion_ns.utils.atomic_files import atomic_folder
 
 FORMAT_NAME = "sparsefusion-ns-teacher"
 """Value of ``format`` in ``teacher_config.json``."""
@@ -195,7 +195,13 @@ class Teacher(nn.Module):
         """
         folder = Path(folder)
         metadata = read_teacher_metadata(folder)
-        config = TeacherConfig.from_dict(metadata["config"])
+        try:
+            config = TeacherConfig.from_dict(metadata["config"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{folder / CONFIG_FILE} does not describe a valid teacher ({type(error).__name__}: {error}). "
+                "Re-create the folder with sf-convert-teacher or sf-train-teacher."
+            ) from error
         # Parameters start on the meta device (no memory, no random init); loading assigns the
         # file's tensors. Buffers are real from the start, non-persistent ones included.
         with init_empty_weights(include_buffers=False):
@@ -209,8 +215,9 @@ class Teacher(nn.Module):
             # buffer are not 64-byte aligned, which changes SIMD rounding (outputs differ ~1e-7).
             tensors = {
                 key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype, copy=True)
-                for key, value in safetensors.torch.load_file(path).items()
+                for key, value in _read_safetensors(path).items()
             }
+            _check_finite(tensors, path)
             check_state_dict(
                 {key: value.shape for key, value in module.state_dict().items()},
                 tensors,
@@ -224,6 +231,29 @@ class Teacher(nn.Module):
         teacher.provenance = dict(metadata.get("provenance", {}))
         teacher.requires_grad_(False)
         return teacher.to(device=device, dtype=dtype)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a teacher file; a truncated or garbled file is a ValueError naming it."""
+    try:
+        return safetensors.torch.load_file(path)
+    except Exception as error:  # safetensors' SafetensorError, or an OSError from the read
+        raise ValueError(
+            f"{path} is not a readable .safetensors file ({error}); it is probably truncated or corrupt "
+            "(an interrupted copy or download). Copy it again, or re-create the teacher folder with "
+            "sf-convert-teacher or sf-train-teacher."
+        ) from error
+
+
+def _check_finite(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: a teacher with them gives NaN targets or no gradients."""
+    bad = [key for key, value in tensors.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"{path} holds NaN or infinite values in {len(bad)} tensor(s): {listed}. The weights are broken "
+            "(e.g. a teacher training that diverged): use an earlier checkpoint, or re-create the teacher folder."
+        )
 
 
 def _component(teacher: Teacher, name: str) -> nn.Module:
@@ -276,10 +306,7 @@ def write_teacher_folder(
     check_teacher_state_dicts(config, state_dicts)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; choose another output or pass overwrite")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with atomic_folder(folder) as staging:
         for name in COMPONENTS:
             tensors = {key: value.detach().contiguous().cpu() for key, value in state_dicts[name].items()}
             safetensors.torch.save_file(
@@ -292,16 +319,6 @@ def write_teacher_folder(
             "provenance": dict(provenance or {}),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if folder.exists():
-            retired = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(retired)
-            staging.rename(folder)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
@@ -315,7 +332,15 @@ def read_teacher_metadata(folder: Path | str) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a teacher folder: {CONFIG_FILE} is missing")
-    metadata = json.loads(path.read_text())
+    try:
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}). Restore it from the folder's source, or re-create the teacher "
+            "folder with sf-convert-teacher or sf-train-teacher."
+        ) from error
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} holds a JSON {type(metadata).__name__}, not the object of a teacher folder.")
     if metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} describes a {metadata.get('format')!r} folder, not a {FORMAT_NAME!r} one")
     version = metadata.get("format_version")

@@ -25,6 +25,7 @@ needs memory for the checkpoints, not for a materialised teacher.
 
 from __future__ import annotations
 
+import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -57,6 +58,7 @@ from sparsefusion_ns.teacher.vae import (
     ldm_vae_to_diffusers,
     vae_state_dict_from_sd_checkpoint,
 )
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
 AUTHORS_STATE_DICT_KEY = "model_state_dict"
 """Entry of the authors' ``.pt`` dicts that holds the model tensors."""
@@ -75,11 +77,22 @@ def torch_load_weights_only(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, … depending on the content
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch's message carries terminal colours
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+            # torch's own message suggests weights_only=False, i.e. running the file's code: not quoted
+            named = re.search(r"GLOBAL ([\w.]+)", text)
+            content = f"the Python object {named.group(1)}" if named else "Python objects"
+            raise ValueError(
+                f"{path} could not be read with torch.load(weights_only=True): it holds {content} besides tensors "
+                "and plain containers. Nothing in it was run, and sf-convert-teacher never unpickles such objects: "
+                "unpickling can run arbitrary code. What is safe: use the authors' released checkpoint files as "
+                "downloaded (they load as they are), or ask whoever made this file for its tensors alone (a "
+                ".safetensors file, or a torch.save of a dict of tensors)."
+            ) from None
         first_line = text.splitlines()[0] if text else ""
         raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(error).__name__}: {first_line}). "
-            "It holds more than tensors and plain containers, or is not a PyTorch file. For safety we never "
-            "unpickle arbitrary objects: re-save its tensors (e.g. as .safetensors) in a trusted environment."
+            f"{path} could not be read with torch.load(weights_only=True): it is not a complete PyTorch file "
+            f"({type(error).__name__}: {first_line}). Check that its download or copy finished (compare its size "
+            "with the source's) and try again."
         ) from error
 
 
@@ -184,8 +197,8 @@ def convert_teacher(
     """
     config = config if config is not None else TeacherConfig.full()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite")
+    # the folder is assembled beside it and renamed into place, so it is not created here
+    prepare_output_folder(output, overwrite, "sf-convert-teacher --output", create=False)
 
     with console.status(f"Reading the EFT checkpoint {escape(str(eft))} …"):
         eft_tensors, eft_counters = load_authors_checkpoint(eft)
@@ -219,7 +232,8 @@ def convert_teacher(
         "vae": {"file": Path(vae).name},
     }
     with console.status(f"Writing {escape(str(output))} …"):
-        write_teacher_folder(output, config, state_dicts, provenance, overwrite=overwrite)
+        # an existing folder is empty, or the user passed --overwrite (checked above)
+        write_teacher_folder(output, config, state_dicts, provenance, overwrite=True)
 
     with torch.device("meta"):
         parameter_counts = Teacher(config).parameter_counts()
@@ -252,7 +266,7 @@ class ConvertTeacher:
     allow_extra_eft_keys: bool = False
     """Drop (with a warning) EFT checkpoint tensors the model lacks, as the authors' loader does silently."""
     overwrite: bool = False
-    """Replace an existing output folder."""
+    """Replace an existing, non-empty output folder (all of its contents)."""
 
     def main(self) -> None:
         """Run the conversion; errors are printed without a traceback and exit with status 1."""
@@ -265,7 +279,7 @@ class ConvertTeacher:
                 allow_extra_eft_keys=self.allow_extra_eft_keys,
                 overwrite=self.overwrite,
             )
-        except (FileNotFoundError, FileExistsError, ValueError) as error:
+        except (OSError, ValueError) as error:  # OSError: missing inputs, output refused, disk full
             CONSOLE.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
             raise SystemExit(1) from error
 

@@ -14,8 +14,9 @@ The data order needs no state: it is a function of the seed and the number of ex
 uninterrupted run would have taken (bit for bit on the CPU; on GPUs up to the non-determinism of
 their kernels).
 
-Folders appear complete or not at all: they are written into a hidden sibling and renamed. With
-several machines, ``<output>`` must be on a file system they share.
+Folders appear complete or not at all: they are written into a hidden sibling, synced and renamed
+(:mod:`sparsefusion_ns.utils.atomic_files`). With several machines, ``<output>`` must be on a file
+system they share.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.optim import Optimizer
+
+from sparsefusion_ns.utils.atomic_files import commit_folder, staging_folder_path, write_text_atomically
 
 FORMAT_NAME = "sparsefusion-ns-teacher-training-checkpoint"
 FORMAT_VERSION = 1
@@ -90,13 +93,13 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint (every process must call this; ``model`` unwrapped). Keeps the newest ``keep`` (0: all)."""
     folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.partial")
+    staging = staging_folder_path(folder, unique=False)  # every process must name the same folder
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     rng_file = staging / f"rng_state_{accelerator.process_index}.json"
-    rng_file.write_text(json.dumps(capture_rng_state()))
+    write_text_atomically(rng_file, json.dumps(capture_rng_state()))  # synced by the process that wrote it
     if accelerator.is_main_process:
         tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
         safetensors.torch.save_file(tensors, staging / MODEL_FILE, metadata={"format": FORMAT_NAME})
@@ -105,9 +108,7 @@ def save_checkpoint(
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        commit_folder(staging, folder)
         if keep:
             for _, old in list_checkpoints(folder.parent.parent)[:-keep]:
                 shutil.rmtree(old)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from sparsefusion_ns.teacher.vae import FrozenVAE
 from sparsefusion_ns.teacher_training.config import DataConfig
 from sparsefusion_ns.teacher_training.scenes import SceneCollection
+from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 
 INFO_FILE = "cache_info.json"
 """Name of the file that records what a cache folder was made with."""
@@ -93,11 +93,9 @@ class LatentCache:
     def write(self, scene_key: str, latents: Mapping[str, Tensor]) -> None:
         """Write one scene's latents atomically (a temporary file renamed into place)."""
         path = self.path(scene_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in latents.items()}
-        safetensors.torch.save_file(tensors, partial)
-        partial.replace(path)
+        with atomic_path(path) as partial:
+            safetensors.torch.save_file(tensors, partial)
 
     def check_info(self) -> bool:
         """Raise if the folder was made with something else; return whether ``cache_info.json`` exists."""
@@ -116,8 +114,7 @@ class LatentCache:
 
     def write_info(self) -> None:
         """Record the fingerprint in ``cache_info.json``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / INFO_FILE).write_text(json.dumps(self.fingerprint, indent=1) + "\n")
+        write_text_atomically(self.folder / INFO_FILE, json.dumps(self.fingerprint, indent=1) + "\n")
 
 
 class _FrameImages(Dataset):

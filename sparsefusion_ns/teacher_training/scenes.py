@@ -32,7 +32,8 @@ from torch import Tensor
 from sparsefusion_ns.cameras.conventions import opengl_pose_to_pytorch3d, pixel_to_ndc_intrinsics
 from sparsefusion_ns.data.co3d_annotations import Co3dCategory, Co3dFormatError, Co3dFrame
 from sparsefusion_ns.data.co3d_preprocess import Co3dPreprocessing, preprocess_arrays, preprocess_frame
-from sparsefusion_ns.data.masked_dataset import read_mask
+from sparsefusion_ns.data.image_files import read_image_uint8
+from sparsefusion_ns.data.masked_dataset import MaskSizeError, read_mask
 from sparsefusion_ns.data.sparse_view_dataparser import SceneFormatError, read_transforms
 from sparsefusion_ns.teacher_training.config import DataConfig
 
@@ -207,10 +208,14 @@ class NerfstudioScenes(SceneCollection):
                 raise TrainingDataError(
                     f"{record.image} is {pil.size[0]}x{pil.size[1]} but its transforms.json says {width}x{height}"
                 )
-            has_alpha = pil.mode in ("RGBA", "LA") or (pil.mode == "P" and "transparency" in pil.info)
-            rgba = np.asarray(pil.convert("RGBA"), dtype=np.float32) / 255.0
+        decoded = read_image_uint8(record.image)  # 16-bit and grey + alpha images too
+        has_alpha = decoded.shape[-1] == 4
+        rgba = np.asarray(Image.fromarray(decoded).convert("RGBA"), dtype=np.float32) / 255.0
         if record.mask is not None:  # read as the distillation's dataset reads it (8- or 16-bit, first channel)
-            mask = read_mask(record.mask)[..., 0].numpy()
+            try:
+                mask = read_mask(record.mask, image=record.image)[..., 0].numpy()
+            except MaskSizeError as error:
+                raise TrainingDataError(str(error)) from error
         elif has_alpha:
             mask = rgba[..., 3]
         else:
