@@ -33,6 +33,7 @@ from sparsefusion_ns.data.co3d_annotations import Co3dFrame
 from sparsefusion_ns.synthetic.category import GENERATOR_VERSION, CaptureConfig, make_sequence
 from sparsefusion_ns.synthetic.co3d_writer import FrameOptions, write_category_annotations, write_sequence_frames
 from sparsefusion_ns.synthetic.shapes import scene_to_json
+from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
 PROVENANCE_FILE = "synthetic_category.json"
 """Written into the category folder: how it was generated."""
@@ -129,13 +130,10 @@ def make_category(config: MakeCategoryConfig) -> Dict[str, Path]:
     if min(config.train_frames, config.test_frames) < 2:
         raise ValueError("--train-frames and --test-frames must be at least 2")
     folder = Path(config.output) / config.category
-    if folder.exists() and any(folder.iterdir()):
-        if not config.overwrite:
-            raise FileExistsError(
-                f"{folder} already exists and is not empty; pass --overwrite to replace it, or choose another --output"
-            )
+    prepare_output_folder(folder, config.overwrite, "sf-make-category --output/--category")
+    if config.overwrite:  # the whole category folder is this command's output
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True)
 
     plan = sequence_plan(config)
     workers = config.workers if config.workers > 0 else (os.cpu_count() or 1)
