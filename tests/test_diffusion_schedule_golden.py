@@ -16,6 +16,7 @@ from sparsefusion_ns.teacher.diffusion_schedule import (
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 
 ATOL = 1e-6  # recommended_atol of golden_diffusion_schedule.json (elementwise float32 maths)
+LOG_RTOL = 1e-6  # ~8 float32 ulps (eps 1.19e-7): see test_posterior_coefficients
 RTOL_NEAR_ONE = 1e-5  # README: compare alpha with a relative tolerance near t = 1 (alpha ~ 4e-8 at t = 1)
 
 
@@ -101,7 +102,11 @@ def test_posterior_coefficients(golden, schedule, key):
     }
     for name, value in ours.items():
         expected = tensors[f"out.posterior.{key}.{name}"].flatten()
-        torch.testing.assert_close(value, expected, atol=ATOL, rtol=0, msg=name)
+        # log() of float32 differs by a few ulps between torch's vectorised CPU kernels (the ISA
+        # decides which runs): measured 1.43e-6 absolute on log-variances near -4.4 (3.3e-7
+        # relative, 3 ulps), so the log-variance also gets a relative tolerance of ~8 ulps.
+        rtol = LOG_RTOL if name == "log_variance_clipped" else 0
+        torch.testing.assert_close(value, expected, atol=ATOL, rtol=rtol, msg=name)
 
 
 def test_q_sample_and_x0_prediction_invert_each_other(schedule):

@@ -179,9 +179,12 @@ class Teacher(nn.Module):
         _randomize_(teacher, torch.Generator().manual_seed(seed))
         return teacher.to(device)
 
-    def save_pretrained(self, folder: Path | str, overwrite: bool = False) -> Path:
-        """Write this teacher to ``folder`` (see the module docstring); returns the folder."""
-        return write_teacher_folder(folder, self.config, self.component_state_dicts(), self.provenance, overwrite)
+    def save_pretrained(self, folder: Path | str, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
+        """Write this teacher to ``folder`` (see the module docstring), its floating tensors in
+        ``dtype`` if given; returns the folder."""
+        return write_teacher_folder(
+            folder, self.config, self.component_state_dicts(), self.provenance, overwrite, dtype
+        )
 
     @classmethod
     def from_pretrained(
@@ -296,11 +299,14 @@ def write_teacher_folder(
     state_dicts: Mapping[str, Mapping[str, Tensor]],
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Check ``state_dicts`` against ``config`` and write a teacher folder atomically.
 
     Nothing is left half-written: files go to a temporary sibling folder that is renamed to
     ``folder`` only once complete. An existing ``folder`` is replaced only with ``overwrite``.
+    ``dtype`` (e.g. ``torch.float16`` for a small folder to ship) stores every floating tensor in
+    that precision; loading casts back to the dtype asked for.
     """
     folder = Path(folder)
     check_teacher_state_dicts(config, state_dicts)
@@ -308,7 +314,11 @@ def write_teacher_folder(
         raise FileExistsError(f"{folder} already exists; choose another output or pass overwrite")
     with atomic_folder(folder) as staging:
         for name in COMPONENTS:
-            tensors = {key: value.detach().contiguous().cpu() for key, value in state_dicts[name].items()}
+            tensors = {
+                key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value)
+                .detach().contiguous().cpu()
+                for key, value in state_dicts[name].items()
+            }  # fmt: skip
             safetensors.torch.save_file(
                 tensors, staging / f"{name}.safetensors", metadata={"format": "pt", "component": name}
             )
