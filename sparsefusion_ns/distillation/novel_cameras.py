@@ -195,6 +195,24 @@ def look_at_cameras(
     )
 
 
+def orbit_cameras(
+    known: NDCCameras, num_cameras: int, elevation: float = 0.0
+) -> Tuple[NDCCameras, CameraCircle, Float[Tensor, "3"]]:
+    """``num_cameras`` cameras evenly spaced over 360° on the circle fitted to ``known`` (the pool's
+    geometry), raised by ``elevation`` radians above it as seen from the look-at point, all looking at
+    that point with the known cameras' mean intrinsics; also the circle and the look-at point."""
+    known = known.to("cpu", torch.float32)
+    axis_origins, axis_directions = principal_axes(known)
+    look_at = nearest_point_to_lines(axis_origins, axis_directions)
+    circle = fit_camera_circle(known.camera_centers(), mean_up_vector(known), look_at)
+    azimuths = torch.arange(num_cameras, dtype=torch.float32) * (2 * math.pi / num_cameras)
+    eyes = elevate(circle.points(azimuths), look_at, circle.normal, torch.full_like(azimuths, elevation))
+    cameras = look_at_cameras(
+        eyes, look_at, circle.normal, known.focal_length.mean(dim=0), known.principal_point.mean(dim=0)
+    )
+    return cameras, circle, look_at
+
+
 def build_novel_camera_pool(
     config: NovelCameraPoolConfig,
     input_cameras: NDCCameras,
