@@ -25,8 +25,9 @@ fi
 # 2. The autoencoder (x4, 64² images -> 4 x 16² latents), LDM objective without perceptual/GAN terms.
 if [ ! -d "$RUNS/mini_vae/vae" ]; then
   "$BIN/sf-train-teacher" --data.root "$DATA" --data.categories critter --architecture mini --stage vae \
-    --output "$RUNS/mini_vae" --max-steps 1500 --seed 0 --log-every 50 --sample-every 250 \
-    --checkpoint-every 250 --keep-checkpoints 2 --num-workers 1 --cpu --no-progress $(continue_flag "$RUNS/mini_vae")
+    --output "$RUNS/mini_vae" --max-steps 1200 --vae-stage.learning-rate 1e-3 --seed 0 --log-every 50 \
+    --sample-every 200 --checkpoint-every 200 --keep-checkpoints 2 --num-workers 1 --cpu --no-progress \
+    $(continue_flag "$RUNS/mini_vae")
 fi
 
 # 3. EFT + VLDM, jointly (the authors' recipe at the mini size: 6 noisy copies of the query latent
