@@ -119,7 +119,10 @@ class VAEStageConfig:
     learning_rate: float = 2e-4
     """Adam learning rate (the stage ignores the top-level ``learning_rate`` of the joint recipe)."""
     kl_weight: float = 1e-6
-    """Weight of the KL term against the per-image L1 sum (LDM's kl-f4/kl-f8 value)."""
+    """Weight of the KL term against the per-image reconstruction sum (LDM's kl-f4/kl-f8 value)."""
+    reconstruction_loss: Literal["l1", "l2"] = "l1"
+    """Per-value reconstruction error summed over the image: ``l1`` (LDM) or ``l2``. Without LDM's
+    perceptual and adversarial terms, colour is slow to appear under L1 (docs/mini_teacher.md)."""
     scale_frames: int = 512
     """Training frames whose posterior means measure the latent scale."""
     eval_subset: str = "fewview_test"

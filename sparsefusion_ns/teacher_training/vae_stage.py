@@ -8,6 +8,8 @@ decoder's output x̂ = D(z)::
 
     loss = mean over the batch of ( Σ_pixels |x − x̂| + kl_weight · KL(q(z|x) ‖ N(0, I)) )
 
+(``reconstruction_loss="l2"`` sums (x − x̂)² instead.)
+
 Frames are the teacher's crops (masked, cropped around the mask, resized and padded: exactly what
 the VLDM will encode). A step's images and noise are functions of (seed, step, process) only, so a
 resumed run takes the same steps as an uninterrupted one (bit for bit on the CPU); checkpoints,
@@ -106,10 +108,11 @@ class VAETrainingModel(nn.Module):
     """The autoencoder and its training objective (module docstring) in one ``forward``, so that
     DDP sees the computation that produces the gradients."""
 
-    def __init__(self, autoencoder: AutoencoderKL, kl_weight: float) -> None:
+    def __init__(self, autoencoder: AutoencoderKL, kl_weight: float, reconstruction_loss: str = "l1") -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.kl_weight = kl_weight
+        self.reconstruction_loss = reconstruction_loss
 
     def forward(
         self, images: Float[Tensor, "b 3 s s"], epsilon: Float[Tensor, "b c g g"]
@@ -118,9 +121,11 @@ class VAETrainingModel(nn.Module):
         x = 2.0 * images - 1.0
         posterior = self.autoencoder.encode(x).latent_dist
         reconstruction = self.autoencoder.decode(posterior.mean + posterior.std * epsilon.to(posterior.mean)).sample
-        l1_sum = (x - reconstruction).abs().flatten(1).sum(dim=1).mean()
+        error = x - reconstruction
+        l1_sum = error.abs().flatten(1).sum(dim=1).mean()
+        rec_sum = l1_sum if self.reconstruction_loss == "l1" else error.pow(2).flatten(1).sum(dim=1).mean()
         kl = posterior.kl().mean()
-        return {"loss": l1_sum + self.kl_weight * kl, "l1_per_value": l1_sum.detach() / x[0].numel(),
+        return {"loss": rec_sum + self.kl_weight * kl, "l1_per_value": l1_sum.detach() / x[0].numel(),
                 "kl": kl.detach()}  # fmt: skip
 
 
@@ -210,7 +215,9 @@ def train_vae(config: TeacherTrainingConfig) -> Dict[str, Any]:
     dataset = FrameDataset(build_scenes(config.data, image_size))
 
     torch.manual_seed(config.seed)  # the same initial weights on every process
-    training_model = VAETrainingModel(vae_config.build_autoencoder(), options.kl_weight).to(device)
+    training_model = VAETrainingModel(
+        vae_config.build_autoencoder(), options.kl_weight, options.reconstruction_loss
+    ).to(device)
     optimizer = torch.optim.Adam(training_model.parameters(), lr=options.learning_rate)
     grid = image_size // vae_config.downsampling_factor
     latent_shape = (options.batch_size, vae_config.latent_channels, grid, grid)
