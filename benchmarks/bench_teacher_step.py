@@ -25,12 +25,18 @@ from sparsefusion_ns.teacher_training.scenes import Co3dScenes
 
 
 def candidates() -> dict:
+    """name -> (architecture, noisy copies per example): the rows of docs/mini_teacher.md."""
     mini = TeacherConfig.mini()
+
+    def eft(width: int, points: int) -> TeacherConfig:
+        return replace(mini, eft=replace(mini.eft, d_model=width, ff=width, n_points_per_ray=points),
+                       unet=replace(mini.unet, cond_channels=width))  # fmt: skip
+
     return {
-        "mini": mini,
-        "mini, 8 points/ray": replace(mini, eft=replace(mini.eft, n_points_per_ray=8)),
-        "mini, 20 points/ray, 4 layers": replace(mini, eft=replace(mini.eft, n_points_per_ray=20, n_layers=4)),
-        "mini, UNet dim 48": replace(mini, unet=replace(mini.unet, dim=48)),
+        "EFT 128, 12 points, 4 copies": (eft(128, 12), 4),
+        "EFT 128, 8 points, 4 copies": (eft(128, 8), 4),
+        "EFT 64, 12 points, 4 copies": (eft(64, 12), 4),
+        "mini (EFT 64, 8 points), 6 copies": (mini, 6),
     }
 
 
@@ -39,39 +45,37 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--category", default="critter")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, nargs="*", default=[12, 4])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = []
-    for name, config in candidates().items():
+    results = []  # one record per candidate, printed as JSON lines
+    for name, (config, repeats) in candidates().items():
         scenes = Co3dScenes(DataConfig(root=args.root, categories=(args.category,)), config.eft.image_size)
         dataset = QueryContextDataset(scenes, ViewSamplingConfig(), seed=0)
         grid = config.eft.grid_size
-        for repeats in args.repeats:
-            torch.manual_seed(0)
-            model = TeacherTrainingModel(config, "joint", LossConfig(diffusion_repeats=repeats))
-            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            seconds = []
-            for position in range(args.warmup + args.steps):
-                example = dataset[SampleKey(scene=position % len(scenes), position=position)]
-                latent = torch.randn(config.vae.latent_channels, grid, grid)  # the VAE is not timed
-                draws = draw_diffusion_inputs(repeats, tuple(latent.shape), 0.999, 0.1,
-                                              torch.Generator().manual_seed(position))  # fmt: skip
-                started = time.perf_counter()
-                losses = model(example, latent, draws)
-                losses["loss"].backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if position >= args.warmup:
-                    seconds.append(time.perf_counter() - started)
-            counts = {"eft": sum(p.numel() for p in model.eft.parameters() if p.requires_grad),
-                      "unet": sum(p.numel() for p in model.unet.parameters())}  # fmt: skip
-            record = {"candidate": name, "repeats": repeats, "seconds_per_step": sum(seconds) / len(seconds),
-                      "parameters": counts}  # fmt: skip
-            results.append(record)
-            print(json.dumps(record), flush=True)
+        torch.manual_seed(0)
+        model = TeacherTrainingModel(config, "joint", LossConfig(diffusion_repeats=repeats))
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        seconds = []
+        for position in range(args.warmup + args.steps):
+            example = dataset[SampleKey(scene=position % len(scenes), position=position)]
+            latent = torch.randn(config.vae.latent_channels, grid, grid)  # the VAE is not timed
+            draws = draw_diffusion_inputs(repeats, tuple(latent.shape), 0.999, 0.1,
+                                          torch.Generator().manual_seed(position))  # fmt: skip
+            started = time.perf_counter()
+            losses = model(example, latent, draws)
+            losses["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if position >= args.warmup:
+                seconds.append(time.perf_counter() - started)
+        counts = {"eft": sum(p.numel() for p in model.eft.parameters() if p.requires_grad),
+                  "unet": sum(p.numel() for p in model.unet.parameters())}  # fmt: skip
+        record = {"candidate": name, "repeats": repeats, "seconds_per_step": sum(seconds) / len(seconds),
+                  "parameters": counts}  # fmt: skip
+        results.append(record)
+        print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ if [ ! -f "$DATA/critter/synthetic_category.json" ]; then
   "$BIN/sf-make-category" --output "$DATA" --category critter --seed 0 --num-train 1000 --num-dev 10 --num-test 100 --overwrite
 fi
 
-# 2. The autoencoder (x4, 64² images -> 4 x 16² latents), LDM objective without perceptual/GAN terms.
+# 2. The autoencoder (x4, 64² images -> 4 x 16² latents): LDM's KL-regularised objective without its
+#    perceptual and adversarial terms, with an L2 reconstruction term (L1 left colours grey).
 if [ ! -d "$RUNS/mini_vae/vae" ]; then
   "$BIN/sf-train-teacher" --data.root "$DATA" --data.categories critter --architecture mini --stage vae \
-    --output "$RUNS/mini_vae" --max-steps 1200 --vae-stage.learning-rate 1e-3 --seed 0 --log-every 50 \
+    --output "$RUNS/mini_vae" --max-steps 1000 --vae-stage.learning-rate 1e-3 --vae-stage.reconstruction-loss l2 \
+    --seed 0 --log-every 50 \
     --sample-every 200 --checkpoint-every 200 --keep-checkpoints 2 --num-workers 1 --cpu --no-progress \
     $(continue_flag "$RUNS/mini_vae")
 fi
