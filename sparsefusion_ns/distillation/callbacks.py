@@ -41,7 +41,7 @@ from sparsefusion_ns.distillation.objective import (
     upsample,
 )
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
-from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, teacher_inputs
+from sparsefusion_ns.distillation.teacher_inputs import inputs_for_teacher, scene_frame_cameras
 from sparsefusion_ns.engine.trainer import check_finite_losses, last_training_step
 from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundError, load_lpips_vgg
 from sparsefusion_ns.teacher.bundle import Teacher
@@ -206,17 +206,19 @@ def distillation_callbacks(
         model.attach_lpips(lpips)
 
     datamanager = attributes.pipeline.datamanager
-    training_data = DataConfig.of_teacher(teacher.provenance)  # crops and world scale the teacher was trained with
-    size = teacher.config.eft.image_size
-    inputs = teacher_inputs(datamanager, size, training_data)
-    scene_frames = scene_frame_cameras(datamanager, size, training_data) if config.pool.source == "authors" else None
+    inputs = inputs_for_teacher(datamanager, teacher)  # crops and world scale the teacher was trained with
+    scene_frames = None
+    if config.pool.source == "authors":
+        training_data = DataConfig.of_teacher(teacher.provenance)
+        scene_frames = scene_frame_cameras(datamanager, teacher.config.eft.image_size, training_data)
     pool = build_novel_camera_pool(
         config.pool, inputs.cameras, torch.Generator().manual_seed(config.seed), scene_frames
     )
     # d̄, the centre of the EFT's depth samples: mean distance of the known cameras from the origin
     # (the authors average over the scene's frames; the honest pool only knows the inputs)
-    known = scene_frames if scene_frames is not None else inputs.cameras
-    depth_center = float(known.camera_centers().norm(dim=-1).mean())
+    depth_center = inputs.depth_center
+    if scene_frames is not None:
+        depth_center = float(scene_frames.camera_centers().norm(dim=-1).mean())
 
     counters = TeacherCounters(model.distillation_state, device)
     cache = TeacherCache(
