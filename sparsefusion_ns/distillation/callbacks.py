@@ -28,6 +28,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.utils import writer
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.distillation.config import DistillationConfig
@@ -202,8 +203,18 @@ def distillation_callbacks(
     last_step = last_training_step(trainer)
     lpips = None
     if perceptual_loss_needed(config, last_step):
-        lpips = load_perceptual_loss(model.lpips_config(), device)
-        model.attach_lpips(lpips)
+        try:
+            lpips = load_perceptual_loss(model.lpips_config(), device)
+            model.attach_lpips(lpips)
+        except LPIPSWeightsNotFoundError as error:
+            if config.perceptual_loss_if_weights_missing != "skip":
+                raise
+            CONSOLE.print(
+                "[bold yellow]Distillation:[/bold yellow] training without the perceptual (LPIPS-VGG) loss "
+                f"(perceptual-loss-if-weights-missing skip): {escape(str(error))}",
+                soft_wrap=True,
+                highlight=False,
+            )
 
     datamanager = attributes.pipeline.datamanager
     inputs = inputs_for_teacher(datamanager, teacher)  # crops and world scale the teacher was trained with
