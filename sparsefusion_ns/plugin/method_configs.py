@@ -131,9 +131,11 @@ def sparsefusion_mini_config() -> SparseFusionTrainerConfig:
       the diffusion phase (the paper: 3000 with 1000 bootstrap, the same one-third split). PLMS
       denoises in at most 10 steps (``plms_max_steps``; the paper 50): its step count follows t as
       the paper's, min(⌊2 · 10 · t⌋, 10), so a target costs ≈ 8.6 UNet evaluations on average
-      instead of ≈ 38. Measured as above with the random-weight mini teacher: 1.17 s per bootstrap
-      iteration, 1.32 s per diffusion iteration (a mini UNet evaluation takes ≈ 0.02 s; the paper's
-      50 steps would add ≈ 0.6 s per iteration).
+      instead of ≈ 38. Measured as above over a whole 600-iteration run with the random-weight mini
+      teacher: 0.64 s per iteration without a teacher, 1.16 s per bootstrap and 1.47 s per diffusion
+      iteration (8.3 UNet evaluations per diffusion iteration, ≈ 0.02 s each: the paper's 50 steps
+      would add ≈ 0.6 s per iteration). The same machine ran the README's ``sparsefusion-tiny``
+      speed benchmark ≈ 3× slower than its idle 2-core figures.
     - **Pool**: 24 circle and 12 random orbit cameras (the paper: 50 circle cameras plus the
       evaluation poses; the honest default pool uses the input cameras instead of the latter).
     - **Perceptual loss**: on, as the paper's, when LPIPS-VGG's local weights are found
