@@ -276,6 +276,14 @@ def test_missing_lpips_weights_stop_start_up_only_when_needed(scene, teacher_fol
     assert step_b(_setup(short)).lpips is None
 
 
+def test_missing_lpips_weights_can_be_skipped_with_a_notice(scene, teacher_folder, tmp_path, capsys):
+    config = distillation_config(scene, tmp_path, teacher_folder, tmp_path / "absent_vgg16.pth")
+    config.pipeline.model.distillation.perceptual_loss_if_weights_missing = "skip"  # as sparsefusion-mini
+    assert step_b(_setup(config)).lpips is None
+    output = capsys.readouterr().out
+    assert "without the perceptual (LPIPS-VGG) loss" in output and "absent_vgg16.pth" in output
+
+
 def test_runs_without_the_perceptual_term_and_with_the_authors_pool(scene, teacher_folder, tmp_path):
     config = distillation_config(scene, tmp_path, teacher_folder, tmp_path / "absent_vgg16.pth", iterations=4)
     config.pipeline.model.distillation.use_perceptual_loss = False

@@ -28,6 +28,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.utils import writer
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.distillation.config import DistillationConfig
@@ -41,7 +42,7 @@ from sparsefusion_ns.distillation.objective import (
     upsample,
 )
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
-from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, teacher_inputs
+from sparsefusion_ns.distillation.teacher_inputs import inputs_for_teacher, scene_frame_cameras
 from sparsefusion_ns.engine.trainer import check_finite_losses, last_training_step
 from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundError, load_lpips_vgg
 from sparsefusion_ns.teacher.bundle import Teacher
@@ -202,21 +203,33 @@ def distillation_callbacks(
     last_step = last_training_step(trainer)
     lpips = None
     if perceptual_loss_needed(config, last_step):
-        lpips = load_perceptual_loss(model.lpips_config(), device)
-        model.attach_lpips(lpips)
+        try:
+            lpips = load_perceptual_loss(model.lpips_config(), device)
+            model.attach_lpips(lpips)
+        except LPIPSWeightsNotFoundError as error:
+            if config.perceptual_loss_if_weights_missing != "skip":
+                raise
+            CONSOLE.print(
+                "[bold yellow]Distillation:[/bold yellow] training without the perceptual (LPIPS-VGG) loss "
+                f"(perceptual-loss-if-weights-missing skip): {escape(str(error))}",
+                soft_wrap=True,
+                highlight=False,
+            )
 
     datamanager = attributes.pipeline.datamanager
-    training_data = DataConfig.of_teacher(teacher.provenance)  # crops and world scale the teacher was trained with
-    size = teacher.config.eft.image_size
-    inputs = teacher_inputs(datamanager, size, training_data)
-    scene_frames = scene_frame_cameras(datamanager, size, training_data) if config.pool.source == "authors" else None
+    inputs = inputs_for_teacher(datamanager, teacher)  # crops and world scale the teacher was trained with
+    scene_frames = None
+    if config.pool.source == "authors":
+        training_data = DataConfig.of_teacher(teacher.provenance)
+        scene_frames = scene_frame_cameras(datamanager, teacher.config.eft.image_size, training_data)
     pool = build_novel_camera_pool(
         config.pool, inputs.cameras, torch.Generator().manual_seed(config.seed), scene_frames
     )
     # d̄, the centre of the EFT's depth samples: mean distance of the known cameras from the origin
     # (the authors average over the scene's frames; the honest pool only knows the inputs)
-    known = scene_frames if scene_frames is not None else inputs.cameras
-    depth_center = float(known.camera_centers().norm(dim=-1).mean())
+    depth_center = inputs.depth_center
+    if scene_frames is not None:
+        depth_center = float(scene_frames.camera_centers().norm(dim=-1).mean())
 
     counters = TeacherCounters(model.distillation_state, device)
     cache = TeacherCache(

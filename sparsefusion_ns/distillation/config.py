@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sparsefusion_ns.distillation.novel_cameras import NovelCameraPoolConfig
 
@@ -42,6 +43,11 @@ class DistillationConfig:
     use_perceptual_loss: bool = True
     """Diffusion: add λ_p · LPIPS-VGG(render, target). Needs local LPIPS weights
     (--pipeline.model.lpips-vgg-weights, and the lpips package's heads); False runs without it."""
+    perceptual_loss_if_weights_missing: Literal["error", "skip"] = "error"
+    """Diffusion: what a run that uses the perceptual term does when LPIPS-VGG's local weights are not
+    found. 'error' stops the start-up naming the file (the paper's loss needs them); 'skip' trains
+    without the term and says so at start-up (the CPU-sized methods: the weights are not part of
+    the package)."""
     perceptual_weight: float = 0.1
     """Diffusion: λ_p, weight of the LPIPS-VGG term (authors: 0.1)."""
     cache_max_megabytes: float = 2048.0

@@ -46,6 +46,25 @@ COST_NAMES = tuple(f.name for f in fields(TeacherCost))
 """What the distillation counts, in the order of ``DistillationState.totals``."""
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def timed(cost: TeacherCost, device: torch.device | str) -> Iterator[TeacherCost]:
+    """Add the wall-clock time of the ``with`` block to ``cost.teacher_seconds`` (the device is
+    synchronised before each clock reading); yields ``cost`` for the block to count its work in."""
+    device = torch.device(device)
+    _synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        _synchronize(device)
+        cost.teacher_seconds += time.perf_counter() - start
+
+
 class TeacherCounters:
     """Counts teacher work as it happens; :meth:`finish_iteration` adds it to the totals and logs it."""
 
@@ -58,13 +77,8 @@ class TeacherCounters:
     @contextmanager
     def timed(self) -> Iterator[TeacherCost]:
         """Add the wall-clock time of the ``with`` block to ``current.teacher_seconds``."""
-        self._synchronize()
-        start = time.perf_counter()
-        try:
-            yield self.current
-        finally:
-            self._synchronize()
-            self.current.teacher_seconds += time.perf_counter() - start
+        with timed(self.current, self._device) as cost:
+            yield cost
 
     def finish_iteration(self, step: int, log: bool = True) -> TeacherCost:
         """Close the iteration: add ``current`` to the totals, log both (if ``log``), start afresh."""
@@ -82,7 +96,3 @@ class TeacherCounters:
         values = dict(zip(COST_NAMES, self._state.totals.tolist()))
         counts = {name: round(value) for name, value in values.items() if name != "teacher_seconds"}
         return TeacherCost(**counts, teacher_seconds=values["teacher_seconds"])
-
-    def _synchronize(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)

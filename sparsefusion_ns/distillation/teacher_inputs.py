@@ -31,7 +31,7 @@ frame itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,9 @@ from sparsefusion_ns.data.co3d_preprocess import TEACHER_CROP_KEY, Co3dPreproces
 from sparsefusion_ns.data.masked_dataset import MaskedImageDataset
 from sparsefusion_ns.teacher_training.config import DataConfig
 
+if TYPE_CHECKING:
+    from sparsefusion_ns.teacher.bundle import Teacher
+
 
 @dataclass(frozen=True)
 class TeacherInputs:
@@ -61,6 +64,13 @@ class TeacherInputs:
     """The input cameras (field frame, PyTorch3D NDC of the S×S images)."""
     frame_indices: Sequence[int]
     """Scene frame index of each input view."""
+
+    @property
+    def depth_center(self) -> float:
+        """d̄ from the input cameras alone: their mean distance from the world origin, the centre of
+        the EFT's depth samples wherever no evaluation camera may be used (the authors average over
+        all the scene's frames)."""
+        return float(self.cameras.camera_centers().norm(dim=-1).mean())
 
 
 def square_padded(cameras: Cameras) -> Cameras:
@@ -97,6 +107,15 @@ def square_image(image: Float[Tensor, "h w 3"], size: int) -> Float[Tensor, "3 s
     if side == size:
         return chw
     return F.interpolate(chw[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def from_square_image(image: Float[Tensor, "3 s s"], height: int, width: int) -> Float[Tensor, "3 height width"]:
+    """Inverse of :func:`square_image`: an S×S teacher image of the square-padded frame, resized
+    bilinearly to the padded side max(height, width) and cut to the frame's height × width."""
+    side = max(height, width)
+    if image.shape[-1] != side or image.shape[-2] != side:
+        image = F.interpolate(image[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+    return image[:, :height, :width]
 
 
 def full_resolution(dataset: InputDataset) -> MaskedImageDataset:
@@ -207,6 +226,12 @@ def teacher_inputs(datamanager: VanillaDataManager, size: int, training: DataCon
     images, cameras = teacher_views(datamanager.train_dataset, size, training)
     frame_indices = outputs.metadata.get("frame_indices", list(range(len(images))))
     return TeacherInputs(images=images, cameras=cameras, frame_indices=frame_indices)
+
+
+def inputs_for_teacher(datamanager: VanillaDataManager, teacher: "Teacher") -> TeacherInputs:
+    """:func:`teacher_inputs` at ``teacher``'s image size with the data settings it was trained with
+    (``DataConfig.of_teacher``): what the distillation and the evaluation's teacher baselines show the EFT."""
+    return teacher_inputs(datamanager, teacher.config.eft.image_size, DataConfig.of_teacher(teacher.provenance))
 
 
 def scene_frame_cameras(datamanager: VanillaDataManager, size: int, training: DataConfig = DataConfig()) -> NDCCameras:

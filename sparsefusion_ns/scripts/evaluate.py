@@ -25,12 +25,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
-import numpy as np
-import torch
 import tyro
-from PIL import Image
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -39,7 +36,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from sparsefusion_ns.engine.checkpoints import CheckpointError
 from sparsefusion_ns.engine.config_files import RunConfigError
 from sparsefusion_ns.engine.eval_setup import eval_setup
-from sparsefusion_ns.metrics import LPIPSConfig, lpips_or_warn, view_metrics
+from sparsefusion_ns.evaluation.comparison_figure import image_row, stack_rows
+from sparsefusion_ns.evaluation.held_out import evaluate_views, field_renderer, held_out_views
+from sparsefusion_ns.metrics import LPIPSConfig, lpips_or_warn
 from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
 
@@ -67,20 +66,12 @@ class EvaluateConfig:
     """Write into a non-empty output folder (its earlier metrics.json and contact sheet are deleted first)."""
 
 
-def _to_image(tensor: torch.Tensor, width: int) -> Image.Image:
-    array = (tensor.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    image = Image.fromarray(array)
-    height = max(1, round(image.height * width / image.width))
-    return image.resize((width, height), Image.Resampling.BILINEAR)
-
-
 def evaluate(config: EvaluateConfig) -> Dict:
     """Evaluate the held-out views; returns the JSON-ready results (also written to disk)."""
     prepare_output_folder(config.output_dir, config.overwrite, "sf-eval --output-dir", own_outputs=OUTPUT_FILES)
     _, pipeline, checkpoint, step = eval_setup(config.load_config, test_mode="test")
     model = pipeline.model
     model.eval()
-    dataset = pipeline.datamanager.eval_dataset
     model_config = model.config
     lpips = lpips_or_warn(
         LPIPSConfig(
@@ -89,62 +80,36 @@ def evaluate(config: EvaluateConfig) -> Dict:
         ),
         device=model.device,
     )
-    frame_indices = dataset.metadata.get("frame_indices", list(range(len(dataset))))
-    per_view: List[Dict] = []
-    rows: List[Image.Image] = []
+    views = held_out_views(pipeline.datamanager.eval_dataset)
     with Progress(TextColumn("[bold]sf-eval"), BarColumn(), TextColumn("{task.completed}/{task.total} views"),
                   TimeRemainingColumn(), console=CONSOLE) as progress:
-        task = progress.add_task("views", total=len(dataset))
-        for index in range(len(dataset)):
-            item = dataset[index]
-            camera = dataset.cameras[index : index + 1].to(model.device)
-            with torch.no_grad():
-                rendered = model.get_outputs_for_camera(camera)["rgb"]
-            gt = item["image"].to(rendered.device)
-            fg_mask = item["fg_mask"].to(rendered.device)
-            valid = item.get("valid_mask")
-            metrics = view_metrics(
-                rendered.permute(2, 0, 1),
-                gt.permute(2, 0, 1),
-                mask=fg_mask.permute(2, 0, 1),
-                valid=valid.permute(2, 0, 1).to(rendered.device) if valid is not None else None,
-                lpips=lpips,
-                masked=not config.unmasked,
-            )
-            per_view.append({"frame_index": int(frame_indices[index]),
-                             "image": str(dataset.image_filenames[index]), **metrics})
-            if not config.unmasked:
-                weight = fg_mask * (valid.to(rendered.device) if valid is not None else 1.0)
-                rendered, gt = rendered * weight, gt * weight
-            error = (rendered - gt).abs()
-            row = [_to_image(t, config.contact_sheet_width) for t in (rendered, gt, error)]
-            sheet_row = Image.new("RGB", (sum(r.width for r in row), row[0].height))
-            for k, image in enumerate(row):
-                sheet_row.paste(image, (k * row[0].width, 0))
-            rows.append(sheet_row)
-            progress.advance(task)
+        task = progress.add_task("views", total=len(views))
+        evaluation = evaluate_views(
+            field_renderer(model), views, lpips, masked=not config.unmasked,
+            on_view=lambda done: progress.update(task, completed=done),
+        )
 
-    names = sorted({key for view in per_view for key in ("psnr", "ssim", "lpips") if key in view})
+    rows = []
+    for view, rendered in zip(views, evaluation.renders):
+        gt = view.image
+        if not config.unmasked:
+            rendered, gt = view.masked(rendered), view.masked(gt)
+        rows.append(image_row([rendered, gt, (rendered - gt).abs()], config.contact_sheet_width))
     results = {
         "checkpoint": str(checkpoint),
         "step": step,
         "protocol": "unmasked" if config.unmasked else "masked (foreground mask × valid region)",
-        "num_views": len(per_view),
+        "num_views": len(views),
         "lpips": "computed" if lpips is not None else "skipped: LPIPS-VGG weights not found locally",
-        "mean": {name: float(np.mean([view[name] for view in per_view])) for name in names},
-        "per_view": per_view,
+        "mean": dict(sorted(evaluation.mean.items())),
+        "per_view": evaluation.per_view,
     }
-    sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)))
-    offset = 0
-    for row in rows:
-        sheet.paste(row, (0, offset))
-        offset += row.height
     with atomic_path(config.output_dir / "contact_sheet.png") as temporary:
-        sheet.save(temporary, format="PNG")
+        stack_rows(rows).save(temporary, format="PNG")
     # metrics.json last: once it exists, the evaluation is complete
     write_text_atomically(config.output_dir / "metrics.json", json.dumps(results, indent=2))
     means = ", ".join(f"{name} {value:.4f}" for name, value in results["mean"].items())
-    CONSOLE.print(f"{len(per_view)} held-out views ({results['protocol']}): {means}")
+    CONSOLE.print(f"{len(views)} held-out views ({results['protocol']}): {means}")
     CONSOLE.print(f"Wrote {config.output_dir / 'metrics.json'} and {config.output_dir / 'contact_sheet.png'}")
     return results
 

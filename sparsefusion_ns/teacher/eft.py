@@ -346,8 +346,14 @@ class EpipolarFeatureTransformer(nn.Module):
         input_cameras: NDCCameras,
         query_camera: NDCCameras,
         depth_center: float | Tensor | None = None,
+        pixel_grid: int | None = None,
     ) -> tuple[Float[Tensor, "3 g g"], Float[Tensor, "c g g"]]:
         """Colour and feature maps (``g = config.grid_size``) of a query camera, without gradient.
+
+        ``pixel_grid = n`` queries a denser (or sparser) grid instead: one ray through every pixel
+        centre of an ``n``² image of the query camera (``g = n``). The EFT treats rays independently,
+        so this renders its colour at any resolution (the EFT baseline of the evaluation does so at
+        the evaluation image size); the VLDM condition is always the default ``grid_size``² map.
 
         ``input_images`` are the masked input views in [0, 1] (``image_size``^2); cameras are
         given in any common world frame. The EFT runs in the query frame
@@ -374,8 +380,13 @@ class EpipolarFeatureTransformer(nn.Module):
             depth_center = input_cameras.camera_centers().norm(dim=-1).mean()
 
         cameras = NDCCameras.cat([query_camera, input_cameras]).relative_to(0)
-        g, r = self.config.grid_size, self.config.depth_half_range
-        xy = ndc_ray_grid(g, size).to(input_images)
+        r = self.config.depth_half_range
+        if pixel_grid is None:
+            g = self.config.grid_size
+            xy = ndc_ray_grid(g, size).to(input_images)
+        else:
+            g = pixel_grid
+            xy = ndc_ray_grid(g, g).to(input_images)  # the half-pixel margin of an n² image: pixel centres
         origins, directions = query_rays(cameras[0], xy)
         lengths = torch.linspace(
             float(depth_center) - r, float(depth_center) + r, self.config.n_points_per_ray

@@ -1,0 +1,84 @@
+"""``benchmarks/mini_category_comparison.py`` end to end at toy sizes: outputs, resuming, refusals.
+
+A CO3D-format fixture category (one 8-frame test sequence), a random ``Teacher.tiny`` (64² images),
+3 training iterations, 2 PLMS steps for the VLDM baseline; one torch thread.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsefusion_ns.teacher.bundle import Teacher
+from tests.co3d_fixture import Co3dFixtureConfig, write_co3d_fixture
+from tests.torch_threads import torch_threads
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mini_category_comparison.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("mini_category_comparison", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("co3d")
+    fixture = write_co3d_fixture(root, Co3dFixtureConfig(frames_per_sequence=8))
+    teacher = Teacher.tiny(seed=0).save_pretrained(tmp_path_factory.mktemp("teacher") / "tiny")
+    return fixture, teacher
+
+
+def arguments(fixture, teacher, output, *extra):
+    return [
+        "--data", str(fixture.root), "--category", fixture.category, "--teacher", str(teacher),
+        "--output", str(output), "--num-scenes", "1", "--iterations", "3", "--bootstrap-iterations", "1",
+        "--plms-max-steps", "2", "--vldm-steps", "2", "--figure-views", "1", "--threads", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_path, monkeypatch):
+    fixture, teacher = inputs
+    bench = load_script()
+    output = tmp_path / "out"
+    with torch_threads(1):
+        bench.main(arguments(fixture, teacher, output))
+    (scene,) = fixture.sequences["test"]
+    results = json.loads((output / "results.json").read_text())
+    assert results["scenes_finished"] == [scene]
+    records = results["scenes"][scene]
+    assert set(records) == {"nerf", "eft", "vldm", "sparsefusion"}
+    for record in records.values():
+        assert record["num_views"] == 6 and {"psnr", "ssim"} <= set(record["mean"])
+    sparsefusion = records["sparsefusion"]
+    assert sparsefusion["teacher"]["unet_evals"] > 0 and sparsefusion["perceptual_loss"] is False
+    assert set(sparsefusion["seconds_per_iteration"]) == {"all", "bootstrap", "diffusion"}
+    assert records["vldm"]["teacher"]["unet_evals"] == 6 * 3  # 2 PLMS steps: 3 evaluations a view
+    assert records["nerf"]["teacher"]["unet_evals"] == 0
+    assert Path(sparsefusion["run"]).is_file()  # an ordinary nerfstudio run folder
+    table = (output / "results.md").read_text()
+    assert "| SparseFusion |" in table and "perceptual (LPIPS-VGG) loss **off**" in table
+    assert (output / "comparison.png").is_file()
+
+    # resuming: a finished scene is read back, nothing is trained again
+    monkeypatch.setattr(bench, "train", lambda *a, **k: pytest.fail("a finished scene was trained again"))
+    with torch_threads(1):
+        bench.main(arguments(fixture, teacher, output))
+    assert json.loads((output / "results.json").read_text())["scenes"] == results["scenes"]
+
+    # other settings in the same folder are refused, naming the difference
+    with pytest.raises(SystemExit, match="iterations: 3 then, 4 now"):
+        bench.main(arguments(fixture, teacher, output, "--iterations", "4"))
+    # a folder holding anything else is refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not empty"):
+        bench.main(arguments(fixture, teacher, tmp_path / "other"))
