@@ -6,7 +6,8 @@
 # teacher's EFT and VLDM alone on the 30 held-out views, draw the comparison and export
 # SparseFusion's mesh. CPU is fine. Outputs go to ./demo/ (rerunning replaces them: the steps pass
 # --overwrite; without it every command refuses a non-empty output folder).
-#   TEACHER      teacher folder (default: teachers/critter-mini, shipped with the repository)
+#   TEACHER      teacher folder (default: teachers/critter-mini; until that folder ships, the demo
+#                runs the no-teacher baseline alone and says so)
 #   ITERATIONS   training iterations of each method (default 600; the first third bootstraps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +15,31 @@ TEACHER=${TEACHER:-teachers/critter-mini}
 ITERATIONS=${ITERATIONS:-600}
 bash scripts/install.sh
 BIN=.venv/bin
-if [ ! -f "$TEACHER/teacher_config.json" ]; then
-  echo "demo.sh: no teacher folder at $TEACHER (it needs teacher_config.json and the .safetensors files)." >&2
-  echo "Set TEACHER=<folder> to a teacher written by sf-train-teacher or sf-convert-teacher." >&2
-  exit 1
-fi
-
 $BIN/sf-make-category --output demo/data --category critter --num-train 0 --num-dev 0 --num-test 1 \
   --seed 2026 --overwrite
+
+if [ ! -f "$TEACHER/teacher_config.json" ]; then
+  # No teacher yet (the mini teacher has not shipped): the no-teacher baseline alone, end to end.
+  echo "demo.sh: no teacher folder at $TEACHER: running the no-teacher baseline only." >&2
+  echo "         (TEACHER=<folder> runs the full comparison with a teacher from sf-train-teacher.)" >&2
+  RUN=demo/baseline
+  rm -rf "$RUN"
+  $BIN/ns-train sparsefusion-mini --vis tensorboard --output-dir "$RUN" --experiment-name critter \
+    --timestamp baseline --max-num-iterations "$ITERATIONS" \
+    co3d --data demo/data --category critter --subset fewview_test --sequence-name 2026_000000_test \
+    --num-input-views 2 --image-size 64 --cache-dir demo/cache
+  CONFIG="$RUN/critter/sparsefusion-mini/baseline/config.yml"
+  $BIN/sf-eval --load-config "$CONFIG" --output-dir demo/eval --overwrite
+  $BIN/sf-export-density-mesh --load-config "$CONFIG" --output-dir demo/mesh --bounds-half-extent 2.5 --overwrite
+  $BIN/sf-render-orbit --load-config "$CONFIG" --output-dir demo/orbit --overwrite
+  echo
+  echo "Scores (held-out views):  demo/eval/metrics.json, demo/eval/contact_sheet.png"
+  echo "Mesh:                     demo/mesh/density_mesh.ply"
+  echo "360° orbit:               demo/orbit/orbit.gif"
+  echo "Look at the run:          $BIN/ns-viewer --load-config $CONFIG"
+  exit 0
+fi
+
 $BIN/python benchmarks/mini_category_comparison.py --data demo/data --category critter --teacher "$TEACHER" \
   --num-scenes 1 --iterations "$ITERATIONS" --bootstrap-iterations $((ITERATIONS / 3)) \
   --figure-views 4 --output demo/comparison --overwrite

@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "teachers" / "critter-mini"
 RECIPE = REPO / "scripts" / "train_mini_teacher.sh"
 
+pytestmark = pytest.mark.skipif(
+    not (SHIPPED / "teacher_config.json").is_file(),
+    reason="teachers/critter-mini has not shipped yet (docs/mini_teacher.md); these tests check it once it does",
+)
+
 
 @pytest.fixture(scope="module")
 def teacher() -> Teacher:

@@ -16,6 +16,28 @@ from torchvision.utils import save_image
 from sparsefusion_ns.teacher_training.config import TeacherTrainingConfig
 
 
+class LossWindow:
+    """Sums of the loss terms since the last log; :meth:`means` averages them over the window's steps
+    and over processes (every process must call it at the same steps) and starts a new window."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, values: Dict[str, torch.Tensor]) -> None:
+        """Add one step's detached loss terms."""
+        for name, value in values.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+
+    def means(self, accelerator: Accelerator) -> Dict[str, float]:
+        """The window's means, reduced over processes; the window restarts empty."""
+        names = sorted(self.sums)
+        means = accelerator.reduce(torch.stack([self.sums[n] for n in names]), "mean") / self.steps
+        self.sums, self.steps = {}, 0
+        return dict(zip(names, means.tolist()))
+
+
 class TrainingLogger:
     """Main-process outputs: the progress bar, tensorboard scalars and sample grids.
 

@@ -55,7 +55,7 @@ from sparsefusion_ns.teacher_training.losses import draw_diffusion_inputs
 from sparsefusion_ns.teacher_training.lr_schedule import StepDecaySchedule
 from sparsefusion_ns.teacher_training.model import TeacherTrainingModel
 from sparsefusion_ns.teacher_training.previews import preview_grid
-from sparsefusion_ns.teacher_training.progress_log import TrainingLogger
+from sparsefusion_ns.teacher_training.progress_log import LossWindow, TrainingLogger
 from sparsefusion_ns.teacher_training.scenes import build_scenes
 from sparsefusion_ns.teacher_training.vae_stage import train_vae
 
@@ -208,8 +208,7 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
         )
         logger = TrainingLogger(config, accelerator, step) if main else None
         preview_example = dataset[SampleKey(scene=0, position=0)] if main and config.sample_every else None
-        window: Dict[str, torch.Tensor] = {}  # sums of the loss terms since the last log
-        window_steps = 0
+        window = LossWindow()  # the loss terms since the last log
         iterator = iter(loader)
         try:
             while step < config.max_steps:
@@ -243,9 +242,7 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
                 examples_seen += accelerator.num_processes
 
                 values = {name: value.detach().float() for name, value in losses.items()}
-                for name, value in values.items():
-                    window[name] = window[name] + value if name in window else value
-                window_steps += 1
+                window.add(values)
                 record = {"step": step, "lr": lr, **{name: float(v) for name, v in values.items()}}
                 record["seconds"] = time.perf_counter() - started
                 run.history.append(record)
@@ -253,11 +250,9 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
                     logger.progress_step(record)
 
                 if step % config.log_every == 0 or step == config.max_steps:
-                    names = sorted(window)
-                    means = accelerator.reduce(torch.stack([window[n] for n in names]), "mean") / window_steps
-                    window, window_steps = {}, 0
+                    means = window.means(accelerator)
                     if logger is not None:
-                        logger.scalars(step, dict(zip(names, means.tolist())), lr)
+                        logger.scalars(step, means, lr)
                 if logger is not None and config.sample_every and step % config.sample_every == 0:
                     grid = preview_grid(
                         unwrapped, vae, preview_example.to(device), config.sample_steps, config.loss.t_max, PREVIEW_SEED

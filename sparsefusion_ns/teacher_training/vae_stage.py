@@ -54,7 +54,7 @@ from sparsefusion_ns.teacher_training.checkpoints import (
 from sparsefusion_ns.teacher_training.config import TeacherTrainingConfig
 from sparsefusion_ns.teacher_training.datasets import example_seed
 from sparsefusion_ns.teacher_training.lr_schedule import StepDecaySchedule
-from sparsefusion_ns.teacher_training.progress_log import TrainingLogger
+from sparsefusion_ns.teacher_training.progress_log import LossWindow, TrainingLogger
 from sparsefusion_ns.teacher_training.scenes import SceneCollection, TrainingDataError, build_scenes
 
 VAE_FOLDER = "vae"
@@ -257,8 +257,7 @@ def train_vae(config: TeacherTrainingConfig) -> Dict[str, Any]:
         )
         logger = TrainingLogger(config, accelerator, step, "samples/truth_reconstruction") if main else None
         previews = torch.stack([dataset[p] for p in _evenly_spread(len(dataset), 8)]) if main else None
-        window: Dict[str, Tensor] = {}
-        window_steps = 0
+        window = LossWindow()  # the loss terms since the last log
         iterator = iter(loader)
         model.train()
         try:
@@ -284,18 +283,14 @@ def train_vae(config: TeacherTrainingConfig) -> Dict[str, Any]:
                         f"the VAE loss is not finite at step {step} ({ {k: float(v) for k, v in values.items()} }); "
                         f"lower --vae-stage.learning-rate (now {options.learning_rate}) and resume from the last checkpoint"
                     )
-                for name, value in values.items():
-                    window[name] = window[name] + value if name in window else value
-                window_steps += 1
+                window.add(values)
                 if logger is not None:
                     logger.progress_step({"step": step, "loss": float(values["l1_per_value"]),
                                           "seconds": time.perf_counter() - started})  # fmt: skip
                 if step % config.log_every == 0 or step == config.max_steps:
-                    names = sorted(window)
-                    means = accelerator.reduce(torch.stack([window[n] for n in names]), "mean") / window_steps
-                    window, window_steps = {}, 0
+                    means = window.means(accelerator)
                     if logger is not None:
-                        logger.scalars(step, dict(zip(names, means.tolist())), lr)
+                        logger.scalars(step, means, lr)
                 if logger is not None and config.sample_every and step % config.sample_every == 0:
                     model.eval()
                     truth = previews.to(device)
