@@ -195,6 +195,13 @@ def look_at_cameras(
     )
 
 
+def fit_orbit(cameras: NDCCameras) -> Tuple[CameraCircle, Float[Tensor, "3"]]:
+    """The circle fitted to the cameras' centres and the point nearest their principal axes (module docstring)."""
+    axis_origins, axis_directions = principal_axes(cameras)
+    look_at = nearest_point_to_lines(axis_origins, axis_directions)
+    return fit_camera_circle(cameras.camera_centers(), mean_up_vector(cameras), look_at), look_at
+
+
 def orbit_cameras(
     known: NDCCameras, num_cameras: int, elevation: float = 0.0
 ) -> Tuple[NDCCameras, CameraCircle, Float[Tensor, "3"]]:
@@ -202,9 +209,7 @@ def orbit_cameras(
     geometry), raised by ``elevation`` radians above it as seen from the look-at point, all looking at
     that point with the known cameras' mean intrinsics; also the circle and the look-at point."""
     known = known.to("cpu", torch.float32)
-    axis_origins, axis_directions = principal_axes(known)
-    look_at = nearest_point_to_lines(axis_origins, axis_directions)
-    circle = fit_camera_circle(known.camera_centers(), mean_up_vector(known), look_at)
+    circle, look_at = fit_orbit(known)
     azimuths = torch.arange(num_cameras, dtype=torch.float32) * (2 * math.pi / num_cameras)
     eyes = elevate(circle.points(azimuths), look_at, circle.normal, torch.full_like(azimuths, elevation))
     cameras = look_at_cameras(
@@ -231,9 +236,7 @@ def build_novel_camera_pool(
     else:
         fitted, known, known_kind, num_random = input_cameras, input_cameras, "input", config.num_random_cameras
     fitted, known = fitted.to("cpu", torch.float32), known.to("cpu", torch.float32)
-    axis_origins, axis_directions = principal_axes(fitted)
-    look_at = nearest_point_to_lines(axis_origins, axis_directions)
-    circle = fit_camera_circle(fitted.camera_centers(), mean_up_vector(fitted), look_at)
+    circle, look_at = fit_orbit(fitted)
 
     num_circle = config.num_circle_cameras
     even = torch.arange(num_circle, dtype=torch.float32) * (2 * math.pi / max(num_circle, 1))

@@ -101,7 +101,7 @@ class TeacherConfig:
     @classmethod
     def mini(cls) -> TeacherConfig:
         """A teacher with the released structure that trains to useful quality on 2 CPU cores:
-        64² images, 16² latents (×4 VAE), 128-d EFT features (docs/mini_teacher.md)."""
+        64² images, 16² latents (×4 VAE), 64-d EFT features (docs/mini_teacher.md)."""
         return cls(eft=EFTConfig.mini(), unet=VLDMUNetConfig.mini(), vae=VAEConfig.mini())
 
     def to_dict(self) -> dict[str, Any]:
