@@ -119,6 +119,21 @@ def test_evaluation_loads_the_newest_complete_checkpoint(scene, tmp_path, capsys
     assert "step-000000002.ckpt" in str(error.value) and "step-000000003.ckpt" in str(error.value)
 
 
+def test_nerfstudios_own_commands_load_the_newest_complete_checkpoint(scene, tmp_path, capsys):
+    """ns-export, ns-viewer, ns-eval and ns-render load runs through nerfstudio's eval_setup."""
+    from nerfstudio.utils.eval_utils import eval_setup as nerfstudio_eval_setup
+
+    import sparsefusion_ns.plugin.method_configs  # noqa: F401  (what nerfstudio's method discovery imports)
+
+    config = small_config(scene, tmp_path, iterations=4, save_every=2)
+    train(config)
+    newest = config.get_checkpoint_dir() / "step-000000003.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a partial file, as an older version could leave
+    _, _, path, step = nerfstudio_eval_setup(config.get_base_dir() / "config.yml")
+    assert (path.name, step) == ("step-000000002.ckpt", 2)
+    assert "step-000000003.ckpt" in capsys.readouterr().out.replace("\n", "")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
 def test_a_full_disk_says_so_and_leaves_the_checkpoints_as_they_were(run, monkeypatch):
     trainer = run.setup(local_rank=0, world_size=1)

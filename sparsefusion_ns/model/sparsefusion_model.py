@@ -34,6 +34,7 @@ from nerfstudio.utils import colormaps
 
 from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.distillation.state import DistillationState
+from sparsefusion_ns.engine import nerfstudio_loading
 from sparsefusion_ns.field.hash_grid import HashGridLayout
 from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldSizes
 from sparsefusion_ns.model.losses import opacity_regulariser, pseudo_huber
@@ -130,6 +131,7 @@ class SparseFusionModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
+        nerfstudio_loading.install()  # ns-export/ns-viewer/ns-eval then load our newest complete checkpoint
         config = self.config
         half_extent = float(self.scene_box.aabb.abs().max())
         self.field = SparseFusionField(
