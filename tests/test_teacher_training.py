@@ -328,6 +328,10 @@ def test_runs_refuse_to_overwrite_and_resume_at_the_end_only_exports(trained, tm
         train(config)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(replace(config, output=tmp_path / "empty", resume=True))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("someone else's file")
+    with pytest.raises(FileExistsError, match="not empty"):  # a new run never mixes into a used folder
+        train(replace(config, output=tmp_path / "busy"))
     exported = train(replace(config, output=tmp_path / "export", resume_from=run.checkpoints[-1]))
     assert exported.step == 6 and exported.history == []
     assert torch.equal(

@@ -168,4 +168,10 @@ def resolve_resume(output: Path, resume: bool, resume_from: Optional[Path]) -> O
             f"{output} already holds checkpoints (newest: step {existing[-1][0]}); pass --resume to continue "
             "that run, or choose another --output"
         )
+    if Path(output).is_dir() and any(Path(output).iterdir()):
+        held = ", ".join(sorted(path.name for path in Path(output).iterdir())[:4])
+        raise FileExistsError(
+            f"--output {output} is not empty (it holds {held}) but has no checkpoint to resume: a new run would "
+            "mix its files with those. Choose a new or empty --output folder."
+        )
     return None
