@@ -4,12 +4,15 @@
 #   DATA   where the synthetic category is written (default data/synthetic)
 #   RUNS   where the training runs are written (default runs)
 #   OUT    the packaged teacher folder (default teachers/critter-mini)
+#   VAE_RUN the VAE stage's run folder (default $RUNS/mini_vae; teachers/critter-mini-vae holds the
+#          shipped result of stage 2, so VAE_RUN=teachers/critter-mini-vae skips straight to stage 3)
 # Measured on 2 CPU cores: see docs/mini_teacher.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/synthetic}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-teachers/critter-mini}
+VAE_RUN=${VAE_RUN:-$RUNS/mini_vae}
 BIN=.venv/bin
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
@@ -24,18 +27,18 @@ fi
 
 # 2. The autoencoder (x4, 64² images -> 4 x 16² latents): LDM's KL-regularised objective without its
 #    perceptual and adversarial terms, with an L2 reconstruction term (L1 left colours grey).
-if [ ! -d "$RUNS/mini_vae/vae" ]; then
+if [ ! -f "$VAE_RUN/vae/config.json" ]; then
   "$BIN/sf-train-teacher" --data.root "$DATA" --data.categories critter --architecture mini --stage vae \
-    --output "$RUNS/mini_vae" --max-steps 4000 --vae-stage.learning-rate 1e-3 --vae-stage.reconstruction-loss l2 \
+    --output "$VAE_RUN" --max-steps 4000 --vae-stage.learning-rate 1e-3 --vae-stage.reconstruction-loss l2 \
     --seed 0 --log-every 50 \
     --sample-every 200 --checkpoint-every 200 --keep-checkpoints 2 --num-workers 1 --cpu --no-progress \
-    $(continue_flag "$RUNS/mini_vae")
+    $(continue_flag "$VAE_RUN")
 fi
 
 # 3. EFT + VLDM, jointly (the authors' recipe at the mini size: 6 noisy copies of the query latent
 #    instead of 12, lr 2e-4 halved every 3000 steps instead of 5e-5 every 50k).
 "$BIN/sf-train-teacher" --data.root "$DATA" --data.categories critter --architecture mini \
-  --vae "$RUNS/mini_vae/vae" --latent-cache "$RUNS/mini_latents" --output "$RUNS/mini_joint" \
+  --vae "$VAE_RUN/vae" --latent-cache "$RUNS/mini_latents" --output "$RUNS/mini_joint" \
   --max-steps "${JOINT_STEPS:-7000}" --loss.diffusion-repeats 6 --learning-rate 2e-4 --lr-decay-every 3000 \
   --seed 0 --log-every 50 --sample-every 1000 --sample-steps 10 --checkpoint-every 250 --keep-checkpoints 2 \
   --num-workers 1 --cpu --no-progress $(continue_flag "$RUNS/mini_joint")
@@ -43,5 +46,5 @@ fi
 # 4. The folder to ship: float16 weights, provenance with the data generator's record, the VAE
 #    report and this script.
 "$BIN/sf-package-teacher" --input "$RUNS/mini_joint/teacher" --output "$OUT" --dtype float16 --overwrite \
-  --attach "category=$DATA/critter/synthetic_category.json" "vae_stage=$RUNS/mini_vae/vae_report.json" \
+  --attach "category=$DATA/critter/synthetic_category.json" "vae_stage=$VAE_RUN/vae_report.json" \
   --recipe scripts/train_mini_teacher.sh
