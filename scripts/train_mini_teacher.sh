@@ -29,7 +29,7 @@ fi
 #    perceptual and adversarial terms, with an L2 reconstruction term (L1 left colours grey).
 if [ ! -f "$VAE_RUN/vae/config.json" ]; then
   "$BIN/sf-train-teacher" --data.root "$DATA" --data.categories critter --architecture mini --stage vae \
-    --output "$VAE_RUN" --max-steps 4000 --vae-stage.learning-rate 1e-3 --vae-stage.reconstruction-loss l2 \
+    --output "$VAE_RUN" --max-steps 2800 --vae-stage.learning-rate 1e-3 --vae-stage.reconstruction-loss l2 \
     --seed 0 --log-every 50 \
     --sample-every 200 --checkpoint-every 200 --keep-checkpoints 2 --num-workers 1 --cpu --no-progress \
     $(continue_flag "$VAE_RUN")
