@@ -122,6 +122,27 @@ def _publish(temporary: Path, path: Path) -> None:
 
 
 @contextmanager
+def _staged(path: Path, staging_dir: Optional[Path]) -> Iterator[Tuple[int, Path]]:
+    """What :func:`atomic_file` and :func:`atomic_path` share: a new staging file (open descriptor,
+    path) that replaces ``path`` when the block succeeds and is removed when it fails (a full disk
+    raised as :func:`disk_full_error`)."""
+    path = Path(path)
+    directory = Path(staging_dir) if staging_dir is not None else path.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    descriptor, temporary = _temporary_file(directory, path.name)
+    try:
+        yield descriptor, temporary
+        _publish(temporary, path)
+    except BaseException as error:
+        _remove_quietly(temporary)
+        if is_disk_full(error):
+            raise disk_full_error(path, existed) from error
+        raise
+
+
+@contextmanager
 def atomic_file(path: Path, mode: str = "wb", staging_dir: Optional[Path] = None) -> Iterator[IO]:
     """Write ``path`` through a temporary file that replaces it only when the block succeeds.
 
@@ -132,44 +153,19 @@ def atomic_file(path: Path, mode: str = "wb", staging_dir: Optional[Path] = None
             same file system. Use it when other programs list ``path``'s folder and would trip over
             a temporary file there.
     """
-    path = Path(path)
-    directory = Path(staging_dir) if staging_dir is not None else path.parent
-    path.parent.mkdir(parents=True, exist_ok=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
-    descriptor, temporary = _temporary_file(directory, path.name)
-    try:
-        with os.fdopen(descriptor, mode) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        _publish(temporary, path)
-    except BaseException as error:
-        _remove_quietly(temporary)
-        if is_disk_full(error):
-            raise disk_full_error(path, existed) from error
-        raise
+    with _staged(path, staging_dir) as (descriptor, _), os.fdopen(descriptor, mode) as file:
+        yield file
+        file.flush()
+        os.fsync(file.fileno())
 
 
 @contextmanager
 def atomic_path(path: Path, staging_dir: Optional[Path] = None) -> Iterator[Path]:
     """Like :func:`atomic_file`, for writers that take a file name: write to the yielded path."""
-    path = Path(path)
-    directory = Path(staging_dir) if staging_dir is not None else path.parent
-    path.parent.mkdir(parents=True, exist_ok=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
-    descriptor, temporary = _temporary_file(directory, path.name)
-    os.close(descriptor)
-    try:
+    with _staged(path, staging_dir) as (descriptor, temporary):
+        os.close(descriptor)
         yield temporary
         _fsync_file(temporary)
-        _publish(temporary, path)
-    except BaseException as error:
-        _remove_quietly(temporary)
-        if is_disk_full(error):
-            raise disk_full_error(path, existed) from error
-        raise
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
