@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.distillation.novel_cameras import look_at_cameras, orbit_cameras
 from sparsefusion_ns.scripts.render_orbit import RenderOrbitConfig, render_orbit
 from tests.trained_model import session_trained_model

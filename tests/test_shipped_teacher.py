@@ -12,7 +12,7 @@ import pytest
 import safetensors
 import torch
 
-from sparsefusion_ns.scripts.make_category import MakeCategoryConfig, make_category, sequence_plan
+from sparsefusion_ns.scripts.make_category import MakeCategoryConfig, make_category
 from sparsefusion_ns.synthetic.category import GENERATOR_VERSION
 from sparsefusion_ns.teacher.bundle import COMPONENTS, Teacher, TeacherConfig
 from sparsefusion_ns.teacher_training.config import DataConfig

@@ -13,7 +13,7 @@ recipe script's text (the exact commands), and the parameter counts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Tuple
 
