@@ -33,6 +33,9 @@ def shared_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
-    """Every test starts from the same global RNG state and a small thread count."""
+    """Every test starts from the same global RNG state.
+
+    Thread counts are not set here: the run's ``OMP_NUM_THREADS`` applies, and the modules whose
+    timings or float summation order depend on it pin their own count with ``tests.torch_threads``."""
     torch.manual_seed(0)
     yield
