@@ -16,8 +16,8 @@ from sparsefusion_ns.teacher.convert import (
     prepare_teacher_state_dicts,
     read_vae_weights,
 )
+from sparsefusion_ns.teacher.state_dicts import StateDictMismatchError
 from sparsefusion_ns.teacher.vae import (
-    StateDictMismatchError,
     diffusers_vae_to_ldm,
     ldm_vae_to_diffusers,
     vae_state_dict_from_sd_checkpoint,

@@ -13,9 +13,9 @@ from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.teacher.eft import (
     EFTConfig,
     EpipolarFeatureTransformer,
-    expected_state_dict_shapes,
     load_authors_state_dict,
 )
+from sparsefusion_ns.teacher.bundle import TeacherConfig, expected_state_dict_shapes
 from sparsefusion_ns.teacher.harmonic_embedding import HarmonicEmbedding, plucker
 
 # recommended_atol from golden_eft_transformer.json / golden_eft_full.json
@@ -92,7 +92,7 @@ def test_state_dict_matches_released_checkpoint(shared_dir):
     assert len(ours) == 278
     n_parameters = sum(p.numel() for p in model.parameters())
     assert n_parameters == keys_full["eft"]["param_count_total"] == 16_810_285
-    assert expected_state_dict_shapes() == {e["key"]: tuple(e["shape"]) for e in entries}
+    assert expected_state_dict_shapes(TeacherConfig.full())["eft"] == {e["key"]: tuple(e["shape"]) for e in entries}
 
 
 def test_harmonic_embedding_layout_is_input_dimension_major():
@@ -258,9 +258,9 @@ def test_wrong_architecture_state_dict_is_a_clear_error():
         load_authors_state_dict(model, state)
     message = str(error.value)
     assert "Epipolar Feature Transformer" in message and "278" in message
-    assert "missing (1): encoder_model.fc.bias" in message
-    assert "unexpected (1): unets.0.init_conv.weight" in message
-    assert "shape mismatch (1): t1.pre.0.weight: got (16, 550), expected (256, 606)" in message
+    assert "missing (1):\n    encoder_model.fc.bias" in message
+    assert "unexpected (1):\n    unets.0.init_conv.weight" in message
+    assert "wrong shape (1):\n    t1.pre.0.weight: found (16, 550), expected (256, 606)" in message
 
     # a tiny EFT has 1 encoder layer per transformer, not 4: 3 x 3 x 12 tensors missing
     with pytest.raises(ValueError, match=r"missing \(108\)"):

@@ -12,7 +12,7 @@ import torch
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.teacher import bundle
 from sparsefusion_ns.teacher.bundle import CONFIG_FILE, FORMAT_VERSION, Teacher, TeacherConfig
-from sparsefusion_ns.teacher.vae import StateDictMismatchError
+from sparsefusion_ns.teacher.state_dicts import StateDictMismatchError
 
 
 def cameras_around_origin(angles_deg: list[float], distance: float = 5.0) -> NDCCameras:

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from sparsefusion_ns.teacher.diffusion_schedule import CosineLogSNRSchedule, CosineLogSNRScheduleConfig
 from sparsefusion_ns.teacher.eft import EFTConfig, EpipolarFeatureTransformer
 from sparsefusion_ns.teacher.unet import VLDMUNet, VLDMUNetConfig
-from sparsefusion_ns.teacher.vae import FrozenVAE, VAEConfig, check_state_dict
+from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
+from sparsefusion_ns.teacher.vae import FrozenVAE, VAEConfig
 from sparsefusion_ns.utils.atomic_files import atomic_folder
 
 FORMAT_NAME = "sparsefusion-ns-teacher"
@@ -193,7 +194,7 @@ class Teacher(nn.Module):
         """Load a teacher folder strictly onto ``device`` in ``dtype``.
 
         Raises ``FileNotFoundError`` for a missing folder or file, ``ValueError`` for a folder of
-        another format or a newer version, and :class:`~sparsefusion_ns.teacher.vae.StateDictMismatchError`
+        another format or a newer version, and :class:`~sparsefusion_ns.teacher.state_dicts.StateDictMismatchError`
         (listing the keys) when a file does not hold the configured architecture.
         """
         folder = Path(folder)
@@ -222,7 +223,7 @@ class Teacher(nn.Module):
             }
             _check_finite(tensors, path)
             check_state_dict(
-                {key: value.shape for key, value in module.state_dict().items()},
+                state_dict_shapes(module),
                 tensors,
                 architecture=_describe(name, config),
                 source=str(path),
@@ -273,10 +274,7 @@ def expected_state_dict_shapes(config: TeacherConfig) -> dict[str, dict[str, tor
     """Component → key → shape of the teacher described by ``config``, computed on the meta device."""
     with torch.device("meta"):
         teacher = Teacher(config)
-    return {
-        name: {key: value.shape for key, value in tensors.items()}
-        for name, tensors in teacher.component_state_dicts().items()
-    }
+    return {name: state_dict_shapes(_component(teacher, name)) for name in COMPONENTS}
 
 
 def check_teacher_state_dicts(

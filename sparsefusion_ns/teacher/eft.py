@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras, ndc_ray_grid, query_rays
 from sparsefusion_ns.teacher.harmonic_embedding import HarmonicEmbedding, plucker
+from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
 
 #: Channels of the multi-scale ResNet-18 feature: stem 64 + layer1 64 + layer2 128 + layer3 256.
 RESNET18_FEATURE_CHANNELS = 512
@@ -419,46 +420,23 @@ def _batchnorm_batch_statistics(module: nn.Module, enabled: bool) -> Iterator[No
             m.training, m.track_running_stats = training, track
 
 
-def expected_state_dict_shapes(config: EFTConfig | None = None) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of an EFT's ``state_dict`` for ``config`` (built on the meta device)."""
-    with torch.device("meta"):
-        model = EpipolarFeatureTransformer(config)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def load_authors_state_dict(
-    model: EpipolarFeatureTransformer, state_dict: Mapping[str, Tensor]
-) -> None:
+def load_authors_state_dict(model: EpipolarFeatureTransformer, state_dict: Mapping[str, Tensor]) -> None:
     """Strictly load an authors' EFT ``model_state_dict`` (``ckpt_latest_eft.pt``) into ``model``.
 
-    Raises a ``ValueError`` naming the missing/unexpected keys and mismatched shapes (the
-    expected architecture is SparseFusion's EFT: ResNet-18 + T1/T2/T3, 278 entries) instead of
-    loading partially. Floating tensors are cast to the model's dtype (e.g. float16 -> float32).
+    Raises :class:`~sparsefusion_ns.teacher.state_dicts.StateDictMismatchError` naming the
+    missing/unexpected keys and mismatched shapes (the expected architecture is SparseFusion's EFT:
+    ResNet-18 + T1/T2/T3, 278 entries) instead of loading partially. Floating tensors are cast to the
+    model's dtype (e.g. float16 -> float32).
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        f"{k}: got {tuple(state_dict[k].shape)}, expected {expected[k]}"
-        for k in set(expected) & set(state_dict)
-        if tuple(state_dict[k].shape) != expected[k]
+    expected = state_dict_shapes(model)
+    check_state_dict(
+        expected,
+        state_dict,
+        architecture="SparseFusion's Epipolar Feature Transformer (ResNet-18 encoder_model.* + t1/t2/t3 + "
+        f"t2_attn/t3_attn/color_layer; {len(expected)} entries for this config, {RELEASED_STATE_DICT_ENTRIES} "
+        "for the released one)",
+        source="the EFT state dict",
+        hint="Pass the 'model_state_dict' of ckpt_latest_eft.pt (not ckpt_latest.pt, which holds the VLDM) and an "
+        "EFTConfig matching it.",
     )
-    if missing or unexpected or mismatched:
-
-        def listing(title: str, items: list[str]) -> str:
-            shown = ", ".join(items[:20])
-            if len(items) > 20:
-                shown += f", ... ({len(items)} in all)"
-            return f"\n  {title} ({len(items)}): {shown}" if items else ""
-
-        raise ValueError(
-            "state dict does not match SparseFusion's Epipolar Feature Transformer "
-            f"(ResNet-18 encoder_model.* + t1/t2/t3 + t2_attn/t3_attn/color_layer; "
-            f"{len(expected)} entries for this config, {RELEASED_STATE_DICT_ENTRIES} for the "
-            "released one). Pass the 'model_state_dict' of ckpt_latest_eft.pt (not ckpt_latest.pt, which "
-            "holds the VLDM) and an EFTConfig matching it."
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("shape mismatch", mismatched)
-        )
     model.load_state_dict(dict(state_dict), strict=True)

@@ -69,6 +69,7 @@ from sparsefusion_ns.teacher.unet_blocks import (
     TokenCrossAttention,
     TransformerBlock,
 )
+from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
 
 AUTHORS_KEY_PREFIX = "unets.0."
 """Prefix of the UNet keys inside the authors' ``ckpt_latest.pt`` ``model_state_dict``."""
@@ -384,48 +385,27 @@ class VLDMUNet(nn.Module):
         return self.final_conv(self.final_res_block(x, t))
 
 
-class StateDictMismatchError(ValueError):
-    """A state dict does not fit :class:`VLDMUNet` key-for-key and shape-for-shape."""
-
-
-def _describe(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    more = f", ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return f"{len(keys)}: [{shown}{more}]"
-
-
 def load_authors_state_dict(model: VLDMUNet, state_dict: Mapping[str, Tensor]) -> VLDMUNet:
     """Load the authors' VLDM weights into ``model`` strictly and return it.
 
     Accepts the ``model_state_dict`` of ``ckpt_latest.pt`` (keys ``unets.0.*``), the same keys
     without the prefix, or the whole checkpoint dict holding ``model_state_dict``. Values are cast
     to the model's dtype (e.g. float16 goldens into a float32 model). Raises
-    :class:`StateDictMismatchError` listing missing / unexpected / wrongly-shaped keys.
+    :class:`~sparsefusion_ns.teacher.state_dicts.StateDictMismatchError` listing missing /
+    unexpected / wrongly-shaped keys.
     """
     if "model_state_dict" in state_dict:
         state_dict = state_dict["model_state_dict"]
     stripped = {k.removeprefix(AUTHORS_KEY_PREFIX): v for k, v in state_dict.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(stripped))
-    unexpected = sorted(set(stripped) - set(expected))
-    wrong_shape = sorted(
-        f"{k} {tuple(stripped[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in set(expected) & set(stripped)
-        if stripped[k].shape != expected[k].shape
+    config = model.config
+    check_state_dict(
+        state_dict_shapes(model),
+        stripped,
+        architecture="the SparseFusion VLDM UNet (imagen-pytorch Unet as vendored in zhizdev/sparsefusion, "
+        f"dim={config.dim}, dim_mults={config.dim_mults}, cond_channels={config.cond_channels}; the released "
+        f"model has 477 tensors with keys '{AUTHORS_KEY_PREFIX}*')",
+        source="the VLDM state dict",
+        hint="Check that the file is ckpt_latest.pt (not ckpt_latest_eft.pt) and that VLDMUNetConfig matches it.",
     )
-    if missing or unexpected or wrong_shape:
-        config = model.config
-        problems = [
-            f"missing {_describe(missing)}" if missing else "",
-            f"unexpected {_describe(unexpected)}" if unexpected else "",
-            f"wrong shape {_describe(wrong_shape)}" if wrong_shape else "",
-        ]
-        raise StateDictMismatchError(
-            "state dict does not match the SparseFusion VLDM UNet (imagen-pytorch Unet as vendored in "
-            f"zhizdev/sparsefusion, dim={config.dim}, dim_mults={config.dim_mults}, "
-            f"cond_channels={config.cond_channels}; the released model has 477 tensors with keys "
-            f"'{AUTHORS_KEY_PREFIX}*'): " + "; ".join(p for p in problems if p) + ". Check that the file is "
-            "ckpt_latest.pt (not ckpt_latest_eft.pt) and that VLDMUNetConfig matches it."
-        )
     model.load_state_dict(stripped, strict=True)
     return model

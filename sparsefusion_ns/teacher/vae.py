@@ -29,58 +29,13 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
+
 SD_V1_LATENT_SCALE = 0.18215
 """Stable Diffusion v1's latent scaling factor: it gives the latents roughly unit variance."""
 
 LDM_CHECKPOINT_PREFIX = "first_stage_model."
 """Prefix of the VAE's keys inside a full Stable Diffusion v1 checkpoint."""
-
-
-class StateDictMismatchError(ValueError):
-    """A state dict does not fit a model: keys are missing, unexpected or wrongly shaped."""
-
-
-def check_state_dict(
-    expected: Mapping[str, torch.Size | tuple[int, ...]],
-    found: Mapping[str, Tensor],
-    architecture: str,
-    source: str,
-    max_listed: int = 12,
-) -> None:
-    """Raise :class:`StateDictMismatchError` unless ``found`` has exactly the ``expected`` keys and shapes.
-
-    Args:
-        expected: key → shape of the model that should receive the tensors.
-        found: the tensors to load.
-        architecture: a human-readable name of the expected architecture, used in the message.
-        source: where ``found`` comes from (a file name), used in the message.
-        max_listed: how many keys of each kind the message lists before summarising.
-    """
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong_shape = [
-        f"{key}: found {tuple(found[key].shape)}, expected {tuple(expected[key])}"
-        for key in sorted(set(expected) & set(found))
-        if tuple(found[key].shape) != tuple(expected[key])
-    ]
-    if not (missing or unexpected or wrong_shape):
-        return
-
-    def listing(title: str, items: list[str]) -> str:
-        shown = "\n".join(f"    {item}" for item in items[:max_listed])
-        more = f"\n    … and {len(items) - max_listed} more" if len(items) > max_listed else ""
-        return f"  {title} ({len(items)}):\n{shown}{more}"
-
-    parts = [
-        listing(title, items)
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
-        if items
-    ]
-    raise StateDictMismatchError(
-        f"{source} does not match the expected architecture {architecture} "
-        f"({len(expected)} tensors expected, {len(found)} found):\n" + "\n".join(parts) + "\n"
-        "Check that the file is the right one for this component and this architecture."
-    )
 
 
 @dataclass(frozen=True)
@@ -280,8 +235,7 @@ class FrozenVAE(nn.Module):
 
     def load_diffusers_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> None:
         """Strictly load diffusers-layout tensors (keys as in ``AutoencoderKL.state_dict()``)."""
-        expected = {key: value.shape for key, value in self.autoencoder.state_dict().items()}
-        check_state_dict(expected, state_dict, self.architecture, source)
+        check_state_dict(state_dict_shapes(self.autoencoder), state_dict, self.architecture, source)
         self.autoencoder.load_state_dict(state_dict, strict=True)
 
     def load_ldm_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> None:
