@@ -207,8 +207,24 @@ def test_full_teacher_parameter_counts_match_the_released_models(shared_dir):
 def test_config_round_trip_and_consistency_checks():
     for config in (TeacherConfig.full(), TeacherConfig.tiny()):
         assert TeacherConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match="unknown TeacherConfig entries"):
+    with pytest.raises(ValueError, match="unknown TeacherConfig fields"):
         TeacherConfig.from_dict({"sampler": {}})
     tiny = TeacherConfig.tiny()
     with pytest.raises(ValueError, match="EFT features have 16 channels, the UNet expects 256"):
         TeacherConfig(eft=tiny.eft, unet=TeacherConfig.full().unet, vae=tiny.vae)
+
+
+def test_configs_share_one_serialiser_and_the_on_disk_json_is_unchanged():
+    """Every teacher config (de)serialises through utils.config_dicts; the JSON keeps the layout of the
+    folders already written (field order, lists for tuples, nested components)."""
+    config = TeacherConfig.tiny()
+    data = config.to_dict()
+    assert list(data) == ["eft", "unet", "vae", "schedule"]
+    assert data["unet"]["dim_mults"] == [1, 2, 4, 4] and data["vae"]["block_out_channels"] == [8, 8, 16, 16]
+    assert data["schedule"]["offset"] == 0.008
+    restored = TeacherConfig.from_dict(json.loads(json.dumps(data)))
+    assert restored == config and isinstance(restored.vae.block_out_channels, tuple)
+    partial = TeacherConfig.from_dict({"eft": data["eft"], "unet": data["unet"], "vae": data["vae"]})
+    assert partial.schedule == config.schedule  # a missing component keeps its default
+    with pytest.raises(ValueError, match="unknown CosineLogSNRScheduleConfig fields"):
+        TeacherConfig.from_dict({**data, "schedule": {"offsett": 0.0}})

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from sparsefusion_ns.teacher.unet import VLDMUNet, VLDMUNetConfig
 from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
 from sparsefusion_ns.teacher.vae import FrozenVAE, VAEConfig
 from sparsefusion_ns.utils.atomic_files import atomic_folder
+from sparsefusion_ns.utils.config_dicts import DictConfig
 
 FORMAT_NAME = "sparsefusion-ns-teacher"
 """Value of ``format`` in ``teacher_config.json``."""
@@ -52,7 +53,7 @@ COMPONENTS = ("eft", "unet", "vae")
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(DictConfig):
     """Architecture of every teacher component (defaults: the released SparseFusion models)."""
 
     eft: EFTConfig = field(default_factory=EFTConfig.full)
@@ -104,33 +105,6 @@ class TeacherConfig:
         """A teacher with the released structure that trains to useful quality on 2 CPU cores:
         64² images, 16² latents (×4 VAE), 64-d EFT features (docs/mini_teacher.md)."""
         return cls(eft=EFTConfig.mini(), unet=VLDMUNetConfig.mini(), vae=VAEConfig.mini())
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, one entry per component."""
-        return {
-            "eft": self.eft.to_dict(),
-            "unet": self.unet.to_dict(),
-            "vae": self.vae.to_dict(),
-            "schedule": asdict(self.schedule),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TeacherConfig:
-        """Inverse of :meth:`to_dict`; unknown components or fields are an error."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TeacherConfig entries {unknown}; expected {[f.name for f in fields(cls)]}")
-        schedule_fields = {f.name for f in fields(CosineLogSNRScheduleConfig)}
-        unknown_schedule = sorted(set(data.get("schedule", {})) - schedule_fields)
-        if unknown_schedule:
-            raise ValueError(f"unknown CosineLogSNRScheduleConfig fields {unknown_schedule}")
-        defaults = cls()
-        return cls(
-            eft=EFTConfig.from_dict(data["eft"]) if "eft" in data else defaults.eft,
-            unet=VLDMUNetConfig.from_dict(data["unet"]) if "unet" in data else defaults.unet,
-            vae=VAEConfig.from_dict(data["vae"]) if "vae" in data else defaults.vae,
-            schedule=CosineLogSNRScheduleConfig(**data["schedule"]) if "schedule" in data else defaults.schedule,
-        )
 
 
 class Teacher(nn.Module):

@@ -19,8 +19,8 @@ Everything runs in the *query frame*: the query camera at the origin with identi
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator, Literal, Mapping
+from dataclasses import dataclass
+from typing import Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras, ndc_ray_grid, query_rays
 from sparsefusion_ns.teacher.harmonic_embedding import HarmonicEmbedding, plucker
 from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
+from sparsefusion_ns.utils.config_dicts import DictConfig
 
 #: Channels of the multi-scale ResNet-18 feature: stem 64 + layer1 64 + layer2 128 + layer3 256.
 RESNET18_FEATURE_CHANNELS = 512
@@ -40,7 +41,7 @@ RELEASED_STATE_DICT_ENTRIES = 278
 
 
 @dataclass
-class EFTConfig:
+class EFTConfig(DictConfig):
     """Hyper-parameters of the EFT. Defaults are the released ones (:meth:`full`)."""
 
     d_model: int = 256
@@ -111,19 +112,6 @@ class EFTConfig:
             d_model=64, n_layers=2, ff=64, n_points_per_ray=8, depth_half_range=2.5, grid_size=16,
             image_size=64, keep_unused_backbone_layers=False,
         )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary of all fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EFTConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown EFTConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass

@@ -47,10 +47,8 @@ configuration. The blocks SparseFusion needs fit in :mod:`.unet_blocks`, written
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -70,6 +68,7 @@ from sparsefusion_ns.teacher.unet_blocks import (
     TransformerBlock,
 )
 from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
+from sparsefusion_ns.utils.config_dicts import DictConfig
 
 AUTHORS_KEY_PREFIX = "unets.0."
 """Prefix of the UNet keys inside the authors' ``ckpt_latest.pt`` ``model_state_dict``."""
@@ -79,7 +78,7 @@ SKIP_SCALE = 2**-0.5
 
 
 @dataclass
-class VLDMUNetConfig:
+class VLDMUNetConfig(DictConfig):
     """Hyper-parameters of :class:`VLDMUNet`; defaults are the released SparseFusion model."""
 
     dim: int = 256
@@ -158,19 +157,6 @@ class VLDMUNetConfig:
         """The CPU-trainable teacher's UNet (docs/mini_teacher.md): dim 32 on 16² latents with
         64-d EFT features, all blocks of the released structure."""
         return cls(dim=32, cond_channels=64, attn_heads=4, attn_dim_head=32, max_conditional_len=4)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VLDMUNetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VLDMUNetConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
 
 
 class DownLevel(nn.Module):

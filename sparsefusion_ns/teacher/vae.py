@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
+from sparsefusion_ns.utils.config_dicts import DictConfig
 
 SD_V1_LATENT_SCALE = 0.18215
 """Stable Diffusion v1's latent scaling factor: it gives the latents roughly unit variance."""
@@ -39,7 +38,7 @@ LDM_CHECKPOINT_PREFIX = "first_stage_model."
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(DictConfig):
     """Architecture of the ``AutoencoderKL`` (all levels are plain ResNet stacks; the middle
     blocks of the encoder and decoder hold one single-head self-attention, as in kl-f8)."""
 
@@ -75,22 +74,6 @@ class VAEConfig:
     def downsampling_factor(self) -> int:
         """Image pixels per latent pixel along each axis."""
         return 2 ** (len(self.block_out_channels) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VAEConfig:
-        """Inverse of :meth:`to_dict`; unknown fields are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VAEConfig fields {unknown}; known fields are {sorted(known)}")
-        values = dict(data)
-        if "block_out_channels" in values:
-            values["block_out_channels"] = tuple(values["block_out_channels"])
-        return cls(**values)
 
     def build_autoencoder(self) -> AutoencoderKL:
         """A randomly initialised diffusers ``AutoencoderKL`` with this architecture (on the current default device)."""

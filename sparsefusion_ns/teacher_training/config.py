@@ -10,11 +10,12 @@ valid-region masking; the EFT colour loss added (joint training); Adam, lr 5e-5,
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Tuple
 
 from sparsefusion_ns.teacher.bundle import TeacherConfig
+from sparsefusion_ns.utils.config_dicts import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -49,14 +50,7 @@ class DataConfig:
         """The data settings a teacher was trained with: ``sf-train-teacher`` records them in its
         folder's provenance (``teacher_config.json``); other teachers (``sf-convert-teacher``: the
         authors' CO3D teachers) were trained with the defaults."""
-        recorded = provenance.get("data") or {}
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in recorded.items() if key in known}
-        if "root" in values:
-            values["root"] = Path(values["root"])
-        if "categories" in values:
-            values["categories"] = tuple(values["categories"])
-        return cls(**values)
+        return config_from_dict(cls, provenance.get("data") or {}, unknown="ignore")
 
 
 @dataclass
@@ -222,4 +216,4 @@ class TeacherTrainingConfig:
 
     def to_json_dict(self) -> dict[str, Any]:
         """All options as JSON-ready values (paths as strings), for checkpoints and provenance."""
-        return json.loads(json.dumps(asdict(self), default=str))
+        return json.loads(json.dumps(config_to_dict(self), default=str))
