@@ -20,8 +20,8 @@ from sparsefusion_ns.distillation.objective import (
 )
 from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
+from sparsefusion_ns.losses import pseudo_huber
 from sparsefusion_ns.metrics import LPIPSVGG
-from sparsefusion_ns.model.losses import pseudo_huber
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 from tests.torch_threads import torch_threads

@@ -26,8 +26,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sparsefusion_ns.distillation.config import DistillationConfig
+from sparsefusion_ns.losses import opacity_regulariser, pseudo_huber
 from sparsefusion_ns.metrics import LPIPSVGG
-from sparsefusion_ns.model.losses import opacity_regulariser, pseudo_huber
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler
 

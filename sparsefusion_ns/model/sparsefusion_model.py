@@ -37,7 +37,7 @@ from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.engine import nerfstudio_loading
 from sparsefusion_ns.field.hash_grid import HashGridLayout
 from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldSizes
-from sparsefusion_ns.model.losses import opacity_regulariser, pseudo_huber
+from sparsefusion_ns.losses import opacity_regulariser, pseudo_huber
 from sparsefusion_ns.model.volume_sampling import (
     ImportanceSampling,
     OccupancyGridSampling,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sparsefusion_ns.model.losses import pseudo_huber
+from sparsefusion_ns.losses import pseudo_huber
 from sparsefusion_ns.teacher.diffusion_schedule import CosineLogSNRSchedule
 from sparsefusion_ns.teacher.unet import VLDMUNet
 

@@ -1,4 +1,10 @@
-"""Losses of SparseFusion's input-view step (SPEC "Distillation", step A)."""
+"""The penalties every SparseFusion loss is built from, in one place for all their users.
+
+The field's input-view step (``model/``), the distillation's step (B) (``distillation/objective.py``)
+and the teacher's EFT colour loss (``teacher_training/losses.py``) all use the authors' pseudo-Huber
+penalty; the field's steps also pull the rendered opacity towards zero. docs/method.md#losses
+writes out where each is used and with which weight.
+"""
 
 from __future__ import annotations
 
