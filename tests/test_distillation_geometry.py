@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio, ndc_to_pixels
+from sparsefusion_ns.cameras.look_at import nearest_point_to_lines
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.distillation.novel_cameras import (
     NovelCameraPoolConfig,
@@ -15,7 +17,6 @@ from sparsefusion_ns.distillation.novel_cameras import (
     fit_camera_circle,
     look_at_cameras,
     mean_up_vector,
-    nearest_point_to_lines,
     principal_axes,
 )
 from sparsefusion_ns.distillation.teacher_inputs import scene_frame_cameras, teacher_inputs

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.teacher.eft import (
     EFTConfig,
@@ -190,17 +191,13 @@ def test_ray_chunking_does_not_change_results(golden_model, goldens, rays_per_ch
 
 
 def _look_at_cameras(n: int, distance: float, seed: int) -> NDCCameras:
-    """Cameras on a sphere around the world origin, looking at it (camera axes as R's columns)."""
+    """Cameras on a sphere around the world origin, looking at it (the product's look-at)."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * distance
-    z = torch.nn.functional.normalize(-centres, dim=-1)  # +Z forward
-    up = torch.tensor([0.0, 1.0, 0.0]).expand(n, 3)
-    x = torch.nn.functional.normalize(torch.cross(up, z, dim=-1), dim=-1)  # +X left
-    y = torch.cross(z, x, dim=-1)  # +Y up
-    R = torch.stack([x, y, z], dim=-1)
+    R, T = look_at_pytorch3d(centres, torch.zeros(3), torch.tensor([0.0, 1.0, 0.0]))
     return NDCCameras(
         R=R,
-        T=-torch.einsum("ni,nij->nj", centres, R),
+        T=T,
         focal_length=torch.full((n, 2), 2.0),
         principal_point=torch.zeros(n, 2),
     )

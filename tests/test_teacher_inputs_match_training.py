@@ -74,7 +74,7 @@ def datamanager(dataparser) -> VanillaDataManager:
     return config.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
 
 
-def camera_centres(frames: List[LoadedFrame]) -> Tensor:
+def camera_centers(frames: List[LoadedFrame]) -> Tensor:
     """World camera centres ``C = -T R^T`` (row-vector form) of training frames."""
     return torch.stack([-frame.T @ frame.R.T for frame in frames])
 
@@ -110,7 +110,7 @@ def assert_same_as_training(
     torch.testing.assert_close(inputs.cameras.principal_point.to(**double), principal, atol=CAMERA_TOL, rtol=0)
 
     # extrinsics up to the dataparser's rotation of the world about its origin
-    centres = camera_centres(trained)
+    centres = camera_centers(trained)
     distances = inputs.cameras.camera_centers().to(**double).norm(dim=-1)
     torch.testing.assert_close(distances, centres.norm(dim=-1), atol=CAMERA_TOL, rtol=0)
     R, T = inputs.cameras.R.to(**double), inputs.cameras.T.to(**double)
@@ -120,7 +120,7 @@ def assert_same_as_training(
             torch.testing.assert_close(ours, theirs, atol=CAMERA_TOL, rtol=0)
 
     # the EFT's depth range d̄ ± 5: training takes d̄ from the annotated camera positions
-    depth_center_training = float(np.linalg.norm(scenes.camera_centres(scene, frames), axis=-1).mean())
+    depth_center_training = float(np.linalg.norm(scenes.camera_centers(scene, frames), axis=-1).mean())
     assert float(distances.mean()) == pytest.approx(depth_center_training, abs=CAMERA_TOL)
 
 

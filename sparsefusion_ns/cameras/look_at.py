@@ -1,9 +1,11 @@
-"""Cameras that look at a point: the one look-at of the project (PyTorch3D convention).
+"""Cameras that look at a point: the project's one look-at, and the point cameras look at.
 
 ``look_at_pytorch3d(eyes, target, up)`` gives the world-to-view rotation and translation of cameras
 at ``eyes`` whose +Z (forward) axis points at ``target`` and whose +Y axis leans towards ``up``
 (+X = up × z points left, as PyTorch3D's). ``docs/cameras.md`` describes the convention; OpenGL
 poses follow with :func:`~sparsefusion_ns.cameras.conventions.pytorch3d_to_opengl_pose`.
+``nearest_point_to_lines(origins, directions)`` is the inverse question: the point a set of cameras
+looks at, nearest to all their viewing axes (the distillation's look-at point, the scene checks).
 """
 
 from __future__ import annotations
@@ -36,3 +38,18 @@ def look_at_pytorch3d(
     R = torch.stack([x, y, z], dim=-1)  # columns: the camera axes in world coordinates
     T = -torch.einsum("ni,nij->nj", eyes, R)  # the eye maps to the view-frame origin
     return R, T
+
+
+def nearest_point_to_lines(
+    origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"]
+) -> Float[Tensor, "3"]:
+    """The point with the least summed squared distance to the lines ``o_i + s d_i``.
+
+    Solves ``Σ_i P_i x = Σ_i P_i o_i`` with ``P_i = I − d̂_i d̂_iᵀ`` (the projector orthogonal to line
+    i); parallel lines leave it singular and the pseudo-inverse picks the minimum-norm solution.
+    """
+    d = _normalize(directions)
+    projectors = torch.eye(3, dtype=d.dtype, device=d.device) - d[:, :, None] * d[:, None, :]
+    lhs = projectors.sum(dim=0)
+    rhs = torch.einsum("nij,nj->i", projectors, origins)
+    return torch.linalg.pinv(lhs) @ rhs

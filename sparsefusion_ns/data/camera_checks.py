@@ -14,6 +14,8 @@ import torch
 
 from nerfstudio.cameras.cameras import Cameras
 
+from sparsefusion_ns.cameras.look_at import nearest_point_to_lines
+
 MAX_FOCAL_RATIO = 2.0
 """Largest allowed ratio between the longest and shortest focal length of the input views."""
 MAX_OFF_AXIS_DEGREES = 30.0
@@ -23,15 +25,6 @@ MAX_CENTRE_OFFSET = 0.35
 MIN_POSITION_SPREAD = 1e-6
 """Below this spread of the camera centres (relative to their distance from the origin, or 1) all
 cameras count as sitting at one position."""
-
-
-def look_at_point(origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """The 3D point nearest (least squares) to all lines ``origins + s · directions``."""
-    d = torch.nn.functional.normalize(directions, dim=-1)
-    projector = torch.eye(3, dtype=d.dtype) - d[:, :, None] * d[:, None, :]  # I − d dᵀ per line
-    lhs = projector.sum(0)
-    rhs = (projector @ origins[:, :, None]).sum(0)
-    return torch.linalg.lstsq(lhs, rhs).solution[:, 0]
 
 
 def check_cameras(cameras: Cameras, source: str = "the scene", names: Optional[Sequence[str]] = None) -> List[str]:
@@ -76,7 +69,7 @@ def check_cameras(cameras: Cameras, source: str = "the scene", names: Optional[S
         )
         return problems  # the geometric checks below need cameras at different positions
     if len(origins) >= 2:
-        target = look_at_point(origins, forward)
+        target = nearest_point_to_lines(origins, forward)
         to_target = torch.nn.functional.normalize(target[None] - origins, dim=-1)
         angles = torch.rad2deg(torch.acos((to_target * forward).sum(-1).clamp(-1, 1)))
         off_axis = [i for i in range(len(c2w)) if angles[i] > MAX_OFF_AXIS_DEGREES]

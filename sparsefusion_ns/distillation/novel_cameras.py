@@ -36,8 +36,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sparsefusion_ns.cameras.look_at import look_at_pytorch3d, nearest_point_to_lines
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras, query_rays
-from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
 
 COLLINEAR_RATIO = 1e-2
 """Camera centres whose second singular value is below this fraction of the first count as
@@ -112,21 +112,6 @@ def principal_axes(cameras: NDCCameras) -> Tuple[Float[Tensor, "n 3"], Float[Ten
     mean_principal = cameras.principal_point.mean(dim=0)
     origins, directions = query_rays(cameras, mean_principal[None])
     return origins[:, 0], _normalize(directions[:, 0])
-
-
-def nearest_point_to_lines(
-    origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"]
-) -> Float[Tensor, "3"]:
-    """The point with the least summed squared distance to the lines ``o_i + s d_i``.
-
-    Solves ``Σ_i P_i x = Σ_i P_i o_i`` with ``P_i = I − d̂_i d̂_iᵀ`` (the projector orthogonal to line
-    i); parallel lines leave it singular and the pseudo-inverse picks the minimum-norm solution.
-    """
-    d = _normalize(directions)
-    projectors = torch.eye(3, dtype=d.dtype, device=d.device) - d[:, :, None] * d[:, None, :]
-    lhs = projectors.sum(dim=0)
-    rhs = torch.einsum("nij,nj->i", projectors, origins)
-    return torch.linalg.pinv(lhs) @ rhs
 
 
 def mean_up_vector(cameras: NDCCameras) -> Float[Tensor, "3"]:

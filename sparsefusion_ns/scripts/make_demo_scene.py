@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import torch
 import tyro
 from PIL import Image
-import torch
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.cameras.conventions import pytorch3d_to_opengl_pose
 from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
@@ -60,11 +62,12 @@ DEMO_OBJECT = ShapeScene(
 """A red sphere resting on a blue box with a green cylinder beside it (z up)."""
 
 
-def look_at_camera_to_world(position: np.ndarray, target: np.ndarray = np.zeros(3)) -> np.ndarray:
-    """OpenGL camera-to-world (4x4; camera looks down −z, +y up, world +z up) at ``position`` looking at ``target``."""
+def look_at_camera_to_world(position: np.ndarray, target: Optional[np.ndarray] = None) -> np.ndarray:
+    """OpenGL camera-to-world (4x4; camera looks down −z, +y up, world +z up) at ``position`` looking at
+    ``target`` (default: the origin)."""
     R, T = look_at_pytorch3d(
         torch.as_tensor(position, dtype=torch.float64)[None],
-        torch.as_tensor(target, dtype=torch.float64),
+        torch.as_tensor(np.zeros(3) if target is None else target, dtype=torch.float64),
         torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
     )
     matrix = np.eye(4)

@@ -157,7 +157,7 @@ class QueryContextDataset(Dataset):
         ).relative_to(0).to(torch.float32)  # in float64 first: the composition stays exact to float32
 
         # d̄: mean distance of the pool's camera centres from the world origin, in the world frame
-        depth_center = float(np.linalg.norm(self.scenes.camera_centres(key.scene, pool), axis=-1).mean())
+        depth_center = float(np.linalg.norm(self.scenes.camera_centers(key.scene, pool), axis=-1).mean())
 
         scene_key = self.scenes.scene_keys[key.scene]
         frame_ids = self.scenes.frame_ids(key.scene)

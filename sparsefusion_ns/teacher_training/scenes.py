@@ -80,7 +80,7 @@ class SceneCollection(ABC):
         """A stable identifier of each frame of the scene (its key in the latent cache)."""
 
     @abstractmethod
-    def camera_centres(self, scene: int, frames: Sequence[int]) -> Float[np.ndarray, "n 3"]:
+    def camera_centers(self, scene: int, frames: Sequence[int]) -> Float[np.ndarray, "n 3"]:
         """World positions of the frames' cameras, read from the annotations (no image is loaded)."""
 
     @abstractmethod
@@ -136,7 +136,7 @@ class Co3dScenes(SceneCollection):
     def frame_ids(self, scene: int) -> List[str]:
         return [str(frame.frame_number) for frame in self._scenes[scene][1]]
 
-    def camera_centres(self, scene: int, frames: Sequence[int]) -> Float[np.ndarray, "n 3"]:
+    def camera_centers(self, scene: int, frames: Sequence[int]) -> Float[np.ndarray, "n 3"]:
         viewpoints = [self._scenes[scene][1][i].viewpoint for i in frames]
         if any(v is None for v in viewpoints):
             raise TrainingDataError(f"a frame of {self._scenes[scene][0]} has no camera annotation")
@@ -197,7 +197,7 @@ class NerfstudioScenes(SceneCollection):
         R, T = opengl_pose_to_pytorch3d(camera_to_world[None])
         return R[0], T[0]
 
-    def camera_centres(self, scene: int, frames: Sequence[int]) -> Float[np.ndarray, "n 3"]:
+    def camera_centers(self, scene: int, frames: Sequence[int]) -> Float[np.ndarray, "n 3"]:
         return np.stack([self._scenes[scene][1][i].camera_to_world[:, 3] * self.config.scale_factor for i in frames])
 
     def load(self, scene: int, frame: int) -> LoadedFrame:
