@@ -26,6 +26,7 @@ from sparsefusion_ns.metrics import (
     load_lpips_vgg,
     lpips_or_warn,
     psnr,
+    psnr_from_mse,
     ssim,
     view_metrics,
 )
@@ -304,3 +305,15 @@ def test_metrics_are_deterministic(random_lpips):
     first = view_metrics(pred, gt, mask=mask, valid=valid, lpips=random_lpips)
     second = view_metrics(pred.clone(), gt.clone(), mask=mask, valid=valid, lpips=random_lpips)
     assert first == second and set(first) == {"psnr", "ssim", "lpips"}
+
+
+@pytest.mark.parametrize("shape", [(), (4,), (2, 3)])
+def test_psnr_from_mse_matches_the_evaluation_psnr(shape):
+    """The training logs' tensor PSNR and the evaluation's scikit-image PSNR are one definition."""
+    pred, gt = torch.rand(*shape, 3, 8, 8), torch.rand(*shape, 3, 8, 8)
+    mse = ((pred - gt) ** 2).flatten(-3).mean(-1)
+    logged = psnr_from_mse(mse)
+    assert logged.shape == shape
+    for index in np.ndindex(*shape):
+        assert float(logged[index]) == pytest.approx(psnr(pred[index], gt[index]), abs=1e-4)
+    assert float(psnr_from_mse(torch.tensor(0.0))) == pytest.approx(100.0)  # clamped at 1e-10

@@ -68,8 +68,16 @@ def _check_pair(pred: Tensor, gt: Tensor) -> None:
         )
 
 
+def psnr_from_mse(mse: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch"]:
+    """PSNR in dB, ``−10 log10(MSE)`` (data range 1), of mean squared errors already computed, as a
+    tensor on their device (no synchronisation): the training logs' figure (a ray batch's colours,
+    an autoencoder's reconstructions). MSE is clamped at 1e-10 (at most 100 dB)."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
 def psnr(pred: Float[Tensor, "3 h w"], gt: Float[Tensor, "3 h w"]) -> float:
-    """PSNR in dB of images in [0, 1]: ``10 log10(1 / MSE)`` over all pixels and channels."""
+    """PSNR in dB of images in [0, 1]: ``10 log10(1 / MSE)`` over all pixels and channels (the
+    evaluation's figure: scikit-image's, as the authors compute it)."""
     _check_pair(pred, gt)
     return float(peak_signal_noise_ratio(_to_numpy_hwc(gt), _to_numpy_hwc(pred), data_range=1.0))
 

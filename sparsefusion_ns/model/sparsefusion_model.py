@@ -289,9 +289,10 @@ class SparseFusionModel(Model):
         return torch.cat([rgb.clamp(0.0, 1.0), accumulation], dim=-1)
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
+        from sparsefusion_ns.metrics import psnr_from_mse  # metrics load scikit-image: not at import
+
         image = batch["image"].to(self.device)
-        mse = torch.mean((outputs["rgb"] - image) ** 2)
-        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+        return {"psnr": psnr_from_mse(torch.mean((outputs["rgb"] - image) ** 2))}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         config = self.config

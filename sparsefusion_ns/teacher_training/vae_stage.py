@@ -44,6 +44,7 @@ from torchvision.utils import make_grid
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.data.co3d_annotations import Co3dFormatError
+from sparsefusion_ns.metrics import psnr_from_mse
 from sparsefusion_ns.teacher.vae import VAEConfig
 from sparsefusion_ns.teacher_training.checkpoints import (
     checkpoint_folder,
@@ -168,7 +169,7 @@ def reconstruction_psnr(
     values = []
     for batch in _batches(dataset, _evenly_spread(len(dataset), frames), batch_size, device):
         mse = (reconstruct(autoencoder, batch) - batch).pow(2).flatten(1).mean(dim=1)
-        values.extend((-10.0 * torch.log10(mse.clamp_min(1e-10))).tolist())
+        values.extend(psnr_from_mse(mse).tolist())
     tensor = torch.tensor(values)
     return {"psnr_mean": float(tensor.mean()), "psnr_std": float(tensor.std()) if len(values) > 1 else 0.0,
             "frames": len(values)}  # fmt: skip
