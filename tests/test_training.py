@@ -147,3 +147,24 @@ def test_sf_eval_is_deterministic_and_writes_json_and_contact_sheet(trained, tmp
     assert sheet.size == (3 * 128, 9 * 128)
     unmasked = evaluate(EvaluateConfig(load_config=config_path, output_dir=tmp_path / "c", unmasked=True))
     assert unmasked["mean"]["psnr"] != first["mean"]["psnr"]
+
+
+@pytest.mark.parametrize("trainer_class", ["SparseFusionTrainer", "Trainer"])
+def test_the_runs_last_step_comes_from_public_state(trained, scene, tmp_path, trainer_class):
+    """The distillation needs the run's last step at start-up (does it reach the diffusion phase?): it
+    comes from the trainer's config and the step nerfstudio's ``load_pipeline`` hands the model
+    (``update_to_step``), never from the trainer's private ``_start_step``; for nerfstudio's own
+    trainer too, whose --max-num-iterations counts from the resumed step."""
+    from nerfstudio.engine.trainer import Trainer
+
+    from sparsefusion_ns.engine.trainer import SparseFusionTrainer, last_training_step
+
+    config, _ = trained
+    resumed_config = tiny_trainer_config(scene, tmp_path, iterations=14, load_dir=config.get_checkpoint_dir())
+    resumed_config._target = {"SparseFusionTrainer": SparseFusionTrainer, "Trainer": Trainer}[trainer_class]
+    resumed = resumed_config.setup(local_rank=0, world_size=1)
+    resumed.setup()
+    first_step = resumed.pipeline.model._first_training_step
+    assert first_step == resumed._start_step == 12
+    expected = 13 if trainer_class == "SparseFusionTrainer" else 12 + 14 - 1
+    assert last_training_step(resumed, first_step) == expected

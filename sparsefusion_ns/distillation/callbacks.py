@@ -10,25 +10,31 @@ Every training iteration nerfstudio runs step (A), the input-view losses of
 3. bootstrap (step ≤ ``bootstrap_iterations``) or diffusion losses (``objective.py``);
 4. backward (through the render only) and step every optimiser, honouring the grad scaler.
 
-Start-up (:func:`distillation_callbacks`, called from ``SparseFusionModel.get_training_callbacks``)
-loads the teacher (kept outside the model's module tree, so never checkpointed), checks the LPIPS
-weights if the diffusion phase needs them, builds the camera pool and warms the EFT cache.
+Start-up (:func:`start_distillation`, called from ``SparseFusionModel.get_training_callbacks``)
+loads the teacher, checks the LPIPS weights if the diffusion phase needs them, builds the camera
+pool and warms the EFT cache. The distillation never reaches into the model: it receives a
+:class:`Student` (a render function, the device, the Huber scale and its own checkpointed state),
+the optimisers through nerfstudio's callback attributes, and the run's last step; it hands the
+teacher and LPIPS it loaded back to the model (:class:`Distillation`), which keeps them outside its
+module tree, so neither is ever checkpointed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Literal, Optional
+from typing import Callable, Dict, List, Literal, Optional
 
 import torch
+from rich.markup import escape
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.utils import writer
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
-from rich.markup import escape
 
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.distillation.config import DistillationConfig
@@ -41,16 +47,14 @@ from sparsefusion_ns.distillation.objective import (
     sample_start_time,
     upsample,
 )
+from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
 from sparsefusion_ns.distillation.teacher_inputs import inputs_for_teacher, scene_frame_cameras
-from sparsefusion_ns.engine.trainer import check_finite_losses, last_training_step
+from sparsefusion_ns.engine.trainer import check_finite_losses
 from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundError, load_lpips_vgg
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 from sparsefusion_ns.teacher_training.config import DataConfig
-
-if TYPE_CHECKING:
-    from sparsefusion_ns.model.sparsefusion_model import SparseFusionModel
 
 Phase = Literal["bootstrap", "diffusion"]
 
@@ -94,12 +98,27 @@ def load_perceptual_loss(lpips_config: LPIPSConfig, device: torch.device) -> LPI
         ) from error
 
 
+@dataclass(frozen=True)
+class Student:
+    """The field being distilled, as step (B) sees it."""
+
+    render: Callable[[RayBundle], Dict[str, Tensor]]
+    """Renders rays with gradients; the outputs hold "rgb" and "accumulation" (the model's forward)."""
+    device: torch.device
+    """Where the field lives (and the rays it renders are made)."""
+    huber_scale: float
+    """δ of the pseudo-Huber penalty of the field's own losses; the bootstrap terms use the same."""
+    state: DistillationState
+    """Step (B)'s checkpointed random stream and cost totals (buffers of a module of the model)."""
+
+
 class NovelViewStep:
     """Step (B) of one iteration (module docstring); call it with the step number."""
 
     def __init__(
         self,
-        model: "SparseFusionModel",
+        student: Student,
+        config: DistillationConfig,
         teacher: Teacher,
         pool: NovelCameraPool,
         cache: TeacherCache,
@@ -107,8 +126,7 @@ class NovelViewStep:
         lpips: Optional[LPIPSVGG],
         attributes: TrainingCallbackAttributes,
     ) -> None:
-        config = model.config.distillation
-        self.model = model
+        self.student = student
         self.config = config
         self.teacher = teacher
         self.pool = pool
@@ -122,7 +140,7 @@ class NovelViewStep:
         self.image_size = teacher.config.eft.image_size
         self.render_cameras: Cameras = ndc_to_nerfstudio(
             pool.cameras, (config.render_resolution, config.render_resolution)
-        ).to(model.device)
+        ).to(student.device)
         self.sampler = PLMSSampler(
             PLMSSamplerConfig(max_steps=config.plms_max_steps, authors_quirks=config.plms_authors_quirks),
             teacher.schedule,
@@ -134,9 +152,8 @@ class NovelViewStep:
         """Pool camera ``index`` rendered with gradients, upsampled to S²: (rgb (1,3,S,S), opacity (1,1,S,S))."""
         resolution = self.config.render_resolution
         rays = self.render_cameras.generate_rays(camera_indices=index).flatten()
-        device_type = self.model.device.type
-        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
-            outputs = self.model(rays)
+        with torch.autocast(device_type=self.student.device.type, enabled=self.mixed_precision):
+            outputs = self.student.render(rays)
 
         def image(values: Tensor) -> Tensor:
             return values.float().reshape(resolution, resolution, -1).permute(2, 0, 1)[None]
@@ -147,7 +164,7 @@ class NovelViewStep:
         )
 
     def __call__(self, step: int) -> None:
-        state = self.model.distillation_state
+        state = self.student.state
         generator = state.generator()
         index = int(torch.randint(len(self.pool), (), generator=generator))
         view = self.cache[index]
@@ -157,7 +174,7 @@ class NovelViewStep:
         target_time = None
         if phase_at(step, self.config) == "bootstrap":
             target_image = eft_rgb
-            losses = bootstrap_losses(rgb, opacity, eft_rgb, self.config, self.model.config.huber_scale)
+            losses = bootstrap_losses(rgb, opacity, eft_rgb, self.config, self.student.huber_scale)
         else:
             t = sample_start_time(generator, self.config.max_start_time)
             with self.counters.timed() as cost:
@@ -189,23 +206,35 @@ class NovelViewStep:
             )
 
 
-def distillation_callbacks(
-    model: "SparseFusionModel", attributes: TrainingCallbackAttributes
-) -> List[TrainingCallback]:
-    """Load the teacher, build the pool and the EFT cache; return the step (B) callback."""
-    config = model.config.distillation
-    assert model.config.teacher is not None
-    device = model.device
-    teacher = load_teacher(model.config.teacher, device)
-    model.attach_teacher(teacher)
+@dataclass(frozen=True)
+class Distillation:
+    """What the start-up gives the model: the callback to register and what it loaded for it."""
 
-    trainer = attributes.trainer
-    last_step = last_training_step(trainer)
+    callbacks: List[TrainingCallback]
+    """Step (B), to run after every training iteration."""
+    teacher: Teacher
+    """The frozen teacher (the model keeps it outside its module tree: never checkpointed)."""
+    lpips: Optional[LPIPSVGG]
+    """LPIPS-VGG when the diffusion phase's perceptual term uses it, else None."""
+
+
+def start_distillation(
+    config: DistillationConfig,
+    teacher_folder: Path,
+    student: Student,
+    lpips_config: LPIPSConfig,
+    last_step: int,
+    attributes: TrainingCallbackAttributes,
+) -> Distillation:
+    """Load the teacher (and LPIPS if a step up to ``last_step`` needs it), build the pool and the EFT
+    cache; return the step (B) callback with what was loaded."""
+    device = student.device
+    teacher = load_teacher(teacher_folder, device)
+
     lpips = None
     if perceptual_loss_needed(config, last_step):
         try:
-            lpips = load_perceptual_loss(model.lpips_config(), device)
-            model.attach_lpips(lpips)
+            lpips = load_perceptual_loss(lpips_config, device)
         except LPIPSWeightsNotFoundError as error:
             if config.perceptual_loss_if_weights_missing != "skip":
                 raise
@@ -231,7 +260,7 @@ def distillation_callbacks(
     if scene_frames is not None:
         depth_center = float(scene_frames.camera_centers().norm(dim=-1).mean())
 
-    counters = TeacherCounters(model.distillation_state, device)
+    counters = TeacherCounters(student.state, device)
     cache = TeacherCache(
         teacher.eft,
         inputs.images,
@@ -247,11 +276,8 @@ def distillation_callbacks(
         f"({cache.cached_bytes / 2**20:.1f} MiB) in {counters.current.teacher_seconds:.1f} s; bootstrap until "
         f"step {config.bootstrap_iterations}, perceptual loss {'on' if lpips is not None else 'off'}."
     )
-    step_b = NovelViewStep(model, teacher, pool, cache, counters, lpips, attributes)
-    return [
-        TrainingCallback(
-            where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-            update_every_num_iters=1,
-            func=step_b,
-        )
-    ]
+    step_b = NovelViewStep(student, config, teacher, pool, cache, counters, lpips, attributes)
+    callback = TrainingCallback(
+        where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], update_every_num_iters=1, func=step_b
+    )
+    return Distillation(callbacks=[callback], teacher=teacher, lpips=lpips)

@@ -127,8 +127,9 @@ class SparseFusionTrainer(Trainer):
             self.config.max_num_iterations = planned
 
 
-def last_training_step(trainer: Trainer) -> int:
-    """The last step ``trainer`` will train (known at start-up, after a resume too)."""
+def last_training_step(trainer: Trainer, first_step: int) -> int:
+    """The last step ``trainer`` will train in a run whose first step is ``first_step`` (0, or the
+    step after the checkpoint it resumed from: what the pipeline's ``load_pipeline`` was given)."""
     if isinstance(trainer, SparseFusionTrainer):
         return trainer.config.max_num_iterations - 1
-    return trainer._start_step + trainer.config.max_num_iterations - 1  # nerfstudio counts from the resumed step
+    return first_step + trainer.config.max_num_iterations - 1  # nerfstudio counts from the resumed step

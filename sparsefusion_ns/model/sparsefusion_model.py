@@ -6,7 +6,9 @@ with Ĉ the rendered colour, C the masked image, Ô the rendered opacity (accumu
 foreground mask and Huber the authors' pseudo-Huber with δ = 0.1. Without a teacher this is our
 plain sparse-view NeRF baseline. With ``teacher`` set, every iteration also runs the distillation
 step (B), a training callback (``sparsefusion_ns/distillation/callbacks.py``) that supervises renders
-of novel cameras with the frozen teacher.
+of novel cameras with the frozen teacher. Dependencies run one way: the model hands the
+distillation what it needs (its render function, its distillation state, the run's last step) and
+keeps what the distillation loaded; the distillation never imports the model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from nerfstudio.utils import colormaps
 from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.engine import nerfstudio_loading
+from sparsefusion_ns.engine.trainer import last_training_step
 from sparsefusion_ns.field.hash_grid import HashGridLayout
 from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldSizes
 from sparsefusion_ns.losses import opacity_regulariser, pseudo_huber
@@ -46,7 +49,7 @@ from sparsefusion_ns.model.volume_sampling import (
 )
 
 if TYPE_CHECKING:
-    from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig
+    from sparsefusion_ns.metrics import LPIPSConfig
     from sparsefusion_ns.teacher.bundle import Teacher
 
 
@@ -160,9 +163,10 @@ class SparseFusionModel(Model):
         self.normals_shader = NormalsShader()
         self._lpips = None
         self._lpips_checked = False
-        # Loaded when training starts (distillation_callbacks) and kept outside the module tree, like
+        # Loaded when training starts (start_distillation) and kept outside the module tree, like
         # the LPIPS weights: neither ever enters a checkpoint, and exporting needs no teacher.
         self._teacher: Optional[Teacher] = None
+        self._first_training_step = 0  # the step after a loaded checkpoint's (update_to_step)
         if config.teacher is not None:
             self.distillation_state = DistillationState(config.distillation.seed + 1)
 
@@ -172,14 +176,9 @@ class SparseFusionModel(Model):
         """The frozen teacher once training has started with one, else None."""
         return self._teacher
 
-    def attach_teacher(self, teacher: Teacher) -> None:
-        """Keep ``teacher`` without registering it as a submodule (so it is never checkpointed)."""
-        object.__setattr__(self, "_teacher", teacher)
-
-    def attach_lpips(self, lpips: LPIPSVGG) -> None:
-        """Use ``lpips`` (an already loaded LPIPS-VGG) for the eval metric too; never checkpointed."""
-        object.__setattr__(self, "_lpips", lpips)
-        self._lpips_checked = True
+    def _keep_outside_checkpoints(self, name: str, module: Optional[torch.nn.Module]) -> None:
+        """Hold ``module`` as attribute ``name`` without registering it as a submodule (never checkpointed)."""
+        object.__setattr__(self, name, module)
 
     def lpips_config(self) -> LPIPSConfig:
         """Where this model's LPIPS-VGG weights are (`--pipeline.model.lpips-*-weights`)."""
@@ -230,10 +229,32 @@ class SparseFusionModel(Model):
             )
         ]
         if self.config.teacher is not None:
-            from sparsefusion_ns.distillation.callbacks import distillation_callbacks
-
-            callbacks += distillation_callbacks(self, training_callback_attributes)
+            callbacks += self._start_distillation(training_callback_attributes)
         return callbacks
+
+    def update_to_step(self, step: int) -> None:
+        """nerfstudio calls this when it loads a checkpoint of ``step``: training resumes after it."""
+        super().update_to_step(step)
+        self._first_training_step = step + 1
+
+    def _start_distillation(self, attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        """Step (B)'s callback; the teacher and LPIPS-VGG it loads are kept here, outside checkpoints."""
+        from sparsefusion_ns.distillation.callbacks import Student, start_distillation
+
+        assert self.config.teacher is not None
+        distillation = start_distillation(
+            self.config.distillation,
+            self.config.teacher,
+            Student(render=self, device=self.device, huber_scale=self.config.huber_scale, state=self.distillation_state),
+            self.lpips_config(),
+            last_training_step(attributes.trainer, self._first_training_step),
+            attributes,
+        )
+        self._keep_outside_checkpoints("_teacher", distillation.teacher)
+        if distillation.lpips is not None:  # the eval metric uses the same weights
+            self._keep_outside_checkpoints("_lpips", distillation.lpips)
+            self._lpips_checked = True
+        return distillation.callbacks
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
@@ -338,7 +359,6 @@ class SparseFusionModel(Model):
             self._lpips_checked = True
             from sparsefusion_ns.metrics import lpips_or_warn
 
-            lpips = lpips_or_warn(self.lpips_config(), device=self.device)
             # Stored outside the module tree: metric weights never enter nerfstudio checkpoints.
-            object.__setattr__(self, "_lpips", lpips)
+            self._keep_outside_checkpoints("_lpips", lpips_or_warn(self.lpips_config(), device=self.device))
         return self._lpips
