@@ -37,10 +37,13 @@ def test_importance_samples_concentrate_where_density_is():
 def test_model_on_cpu_uses_the_torch_sampler_and_refuses_nerfacc():
     from nerfstudio.data.scene_box import SceneBox
 
+    from sparsefusion_ns.field.hash_grid import HashGridLayout
+    from sparsefusion_ns.field.sparsefusion_field import SparseFusionFieldConfig
     from sparsefusion_ns.model.sparsefusion_model import SparseFusionModelConfig
 
     box = SceneBox(aabb=torch.tensor([[-4.0] * 3, [4.0] * 3]))
-    config = SparseFusionModelConfig(num_levels=2, log2_hashmap_size=8, max_resolution=32, hidden_dim=8)
+    grid = HashGridLayout(num_levels=2, log2_hashmap_size=8, max_resolution=32)
+    config = SparseFusionModelConfig(field=SparseFusionFieldConfig(grid=grid, hidden_dim=8))
     model = config.setup(scene_box=box, num_train_data=2)
     assert not model.uses_nerfacc()
     outputs = model(rays(8))

@@ -9,7 +9,7 @@ Points outside the box have zero density. The background is black (the renderer'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -24,18 +24,16 @@ from nerfstudio.fields.base_field import Field
 from sparsefusion_ns.field.hash_grid import HashGridEncoding, HashGridLayout
 
 
-@dataclass(frozen=True)
-class SparseFusionFieldSizes:
-    """Sizes of the field (paper defaults: SPEC "Distillation / Field")."""
+@dataclass
+class SparseFusionFieldConfig:
+    """The field's sizes, defined here once (``--pipeline.model.field.*``); defaults are the paper's."""
 
-    grid: HashGridLayout = HashGridLayout()
+    grid: HashGridLayout = field(default_factory=HashGridLayout)
     """Hash grid: 16 levels × 2 features, base resolution 16, 2^16 entries, finest 8192."""
     hidden_dim: int = 64
     """Width of the MLP's hidden layers."""
     num_layers: int = 3
     """Number of linear layers of the MLP (ReLU between them)."""
-    half_extent: float = 4.0
-    """The field covers [-half_extent, half_extent]^3."""
     blob_amplitude: float = 5.0
     """a: height of the initial density blob at the origin (added before trunc_exp)."""
     blob_std: float = 0.2
@@ -43,36 +41,39 @@ class SparseFusionFieldSizes:
 
 
 class SparseFusionField(Field):
-    """Density + albedo field on a multiresolution hash grid."""
+    """Density + albedo field on a multiresolution hash grid, covering [-half_extent, half_extent]^3
+    (the scene box; the paper's is [-4, 4]^3)."""
 
-    def __init__(self, sizes: SparseFusionFieldSizes = SparseFusionFieldSizes()) -> None:
+    def __init__(self, config: Optional[SparseFusionFieldConfig] = None, half_extent: float = 4.0) -> None:
         super().__init__()
-        self.sizes = sizes
-        self.encoding = HashGridEncoding(sizes.grid)
+        config = config if config is not None else SparseFusionFieldConfig()
+        self.config = config
+        self.half_extent = half_extent
+        self.encoding = HashGridEncoding(config.grid)
         layers = []
-        for i in range(sizes.num_layers):
-            in_dim = self.encoding.output_dim if i == 0 else sizes.hidden_dim
-            out_dim = 4 if i == sizes.num_layers - 1 else sizes.hidden_dim
+        for i in range(config.num_layers):
+            in_dim = self.encoding.output_dim if i == 0 else config.hidden_dim
+            out_dim = 4 if i == config.num_layers - 1 else config.hidden_dim
             layers.append(nn.Linear(in_dim, out_dim))
-            if i != sizes.num_layers - 1:
+            if i != config.num_layers - 1:
                 layers.append(nn.ReLU())
         self.mlp = nn.Sequential(*layers)
 
     def blob(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """a · exp(−|x|² / (2 s²)): the density offset that starts optimisation from a blob."""
         squared = (positions**2).sum(-1, keepdim=True)
-        return self.sizes.blob_amplitude * torch.exp(-squared / (2 * self.sizes.blob_std**2))
+        return self.config.blob_amplitude * torch.exp(-squared / (2 * self.config.blob_std**2))
 
     def query(self, positions: Float[Tensor, "*bs 3"]) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs 4"]]:
         """Return (σ before activation, raw MLP output h) at world positions."""
-        half = self.sizes.half_extent
+        half = self.half_extent
         flat = positions.reshape(-1, 3)
         h = self.mlp(self.encoding(((flat + half) / (2 * half)).clamp(0.0, 1.0)))
         h = h.reshape(*positions.shape[:-1], 4)
         return h[..., :1] + self.blob(positions), h
 
     def inside(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
-        return (positions.abs() <= self.sizes.half_extent).all(-1, keepdim=True).to(positions.dtype)
+        return (positions.abs() <= self.half_extent).all(-1, keepdim=True).to(positions.dtype)
 
     def density_at(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """σ(x) at world positions (zero outside the box)."""

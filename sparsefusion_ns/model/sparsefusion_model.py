@@ -13,9 +13,10 @@ keeps what the distillation loaded; the distillation never imports the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Literal, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch.nn import Parameter
@@ -38,8 +39,7 @@ from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.engine import nerfstudio_loading
 from sparsefusion_ns.engine.trainer import last_training_step
-from sparsefusion_ns.field.hash_grid import HashGridLayout
-from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldSizes
+from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldConfig
 from sparsefusion_ns.losses import opacity_regulariser, pseudo_huber
 from sparsefusion_ns.model.volume_sampling import (
     ImportanceSampling,
@@ -57,29 +57,12 @@ if TYPE_CHECKING:
 class SparseFusionModelConfig(ModelConfig):
     """SparseFusion's field, sampler and losses. Defaults are the paper's (SPEC "Distillation")."""
 
-    _target: Type = field(default_factory=lambda: SparseFusionModel)
+    _target: Type = dataclasses.field(default_factory=lambda: SparseFusionModel)
     enable_collider: bool = False
     """Rays are clipped to the scene box by the model itself (AABB collider)."""
 
-    # Field
-    num_levels: int = 16
-    """Hash grid levels."""
-    features_per_level: int = 2
-    """Features per hash grid level."""
-    log2_hashmap_size: int = 16
-    """Log2 of the largest per-level hash table."""
-    base_resolution: int = 16
-    """Resolution of the coarsest grid level."""
-    max_resolution: int = 8192
-    """Resolution of the finest grid level over the whole box (authors: 2048 · bound 4)."""
-    hidden_dim: int = 64
-    """Width of the field MLP."""
-    num_layers: int = 3
-    """Linear layers of the field MLP."""
-    blob_amplitude: float = 5.0
-    """Height of the initial density blob at the origin (before trunc_exp)."""
-    blob_std: float = 0.2
-    """Standard deviation of the initial density blob."""
+    field: SparseFusionFieldConfig = dataclasses.field(default_factory=SparseFusionFieldConfig)
+    """The Instant-NGP field's sizes (hash grid, MLP, initial density blob); it covers the scene box."""
 
     # Sampling
     num_uniform_samples: int = 64
@@ -123,8 +106,27 @@ class SparseFusionModelConfig(ModelConfig):
     teacher: Optional[Path] = None
     """Teacher folder (EFT + VLDM + VAE, written by sf-convert-teacher). Set: every iteration also
     distils the frozen teacher into the field from novel cameras (SparseFusion). None: input views only."""
-    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
     """Settings of the distillation step; used only with a teacher."""
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        """Config files of runs trained before the field's sizes were nested (``num_levels: 16`` … beside
+        the other model options) load with those sizes in ``field``; other states load as they are."""
+        state = dict(state)
+        flat = {name: state.pop(name) for name in _FLAT_GRID_OPTIONS + _FLAT_FIELD_OPTIONS if name in state}
+        if flat:
+            nested = state.get("field") or SparseFusionFieldConfig()
+            grid = dataclasses.replace(nested.grid, **{k: v for k, v in flat.items() if k in _FLAT_GRID_OPTIONS})
+            state["field"] = dataclasses.replace(
+                nested, grid=grid, **{k: v for k, v in flat.items() if k in _FLAT_FIELD_OPTIONS}
+            )
+        self.__dict__.update(state)
+
+
+_FLAT_GRID_OPTIONS = ("num_levels", "features_per_level", "log2_hashmap_size", "base_resolution", "max_resolution")
+"""Model options of config files written before ``field``: now ``field.grid.*``."""
+_FLAT_FIELD_OPTIONS = ("hidden_dim", "num_layers", "blob_amplitude", "blob_std")
+"""Model options of config files written before ``field``: now ``field.*``."""
 
 
 class SparseFusionModel(Model):
@@ -136,23 +138,7 @@ class SparseFusionModel(Model):
         super().populate_modules()
         nerfstudio_loading.install()  # ns-export/ns-viewer/ns-eval then load our newest complete checkpoint
         config = self.config
-        half_extent = float(self.scene_box.aabb.abs().max())
-        self.field = SparseFusionField(
-            SparseFusionFieldSizes(
-                grid=HashGridLayout(
-                    num_levels=config.num_levels,
-                    features_per_level=config.features_per_level,
-                    log2_hashmap_size=config.log2_hashmap_size,
-                    base_resolution=config.base_resolution,
-                    max_resolution=config.max_resolution,
-                ),
-                hidden_dim=config.hidden_dim,
-                num_layers=config.num_layers,
-                half_extent=half_extent,
-                blob_amplitude=config.blob_amplitude,
-                blob_std=config.blob_std,
-            )
-        )
+        self.field = SparseFusionField(config.field, half_extent=float(self.scene_box.aabb.abs().max()))
         self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
         self.importance_sampling = ImportanceSampling(config.num_uniform_samples, config.num_importance_samples)
         self._occupancy_sampling: Optional[OccupancyGridSampling] = None  # built on first CUDA use

@@ -32,6 +32,8 @@ from sparsefusion_ns.data.sparse_view_dataparser import SparseViewsDataParserCon
 from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.distillation.novel_cameras import NovelCameraPoolConfig
 from sparsefusion_ns.engine.trainer import SparseFusionTrainerConfig
+from sparsefusion_ns.field.hash_grid import HashGridLayout
+from sparsefusion_ns.field.sparsefusion_field import SparseFusionFieldConfig
 from sparsefusion_ns.model.sparsefusion_model import SparseFusionModelConfig
 
 
@@ -83,10 +85,9 @@ def sparsefusion_tiny_config() -> SparseFusionTrainerConfig:
     datamanager.train_num_rays_per_batch = 512
     datamanager.eval_num_rays_per_batch = 512
     config.pipeline.model = SparseFusionModelConfig(
-        num_levels=8,
-        log2_hashmap_size=14,
-        max_resolution=512,
-        hidden_dim=32,
+        field=SparseFusionFieldConfig(
+            grid=HashGridLayout(num_levels=8, log2_hashmap_size=14, max_resolution=512), hidden_dim=32
+        ),
         num_uniform_samples=32,
         num_importance_samples=32,
         occupancy_grid_resolution=64,

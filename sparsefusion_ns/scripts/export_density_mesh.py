@@ -266,7 +266,7 @@ class ExportDensityMesh:
         except CheckpointError as error:
             raise DensityMeshExportError(str(error)) from None
         field = pipeline.model.field
-        half_extent = field.sizes.half_extent if self.bounds_half_extent is None else self.bounds_half_extent
+        half_extent = field.half_extent if self.bounds_half_extent is None else self.bounds_half_extent
         mesh = extract_density_mesh(
             field, half_extent, self.resolution, self.threshold, self.chunk_size, pipeline.device
         )
