@@ -114,7 +114,7 @@ def test_tinycudann_parity_forward_and_gradients():
     positions = torch.rand(4096, 3, device="cuda")
     out_tcnn = encoding(positions)
     grad_tcnn = torch.autograd.grad(out_tcnn.square().sum(), encoding.table)[0]
-    encoding.force_torch = True
+    encoding.implementation = "torch"
     out_torch = encoding(positions)
     grad_torch = torch.autograd.grad(out_torch.square().sum(), encoding.table)[0]
     # tiny-cuda-nn computes the encoding in half precision by default on recent GPUs: ~1e-3 relative.

@@ -33,7 +33,7 @@ def registered_methods() -> dict:
 
 
 def flat_sizes(field: SparseFusionFieldConfig) -> dict:
-    sizes = {key: value for key, value in dataclasses.asdict(field).items() if key != "grid"}
+    sizes = {key: value for key, value in dataclasses.asdict(field).items() if key not in ("grid", "implementation")}
     return {**dataclasses.asdict(field.grid), **sizes}
 
 
@@ -43,6 +43,7 @@ def test_every_registered_method_keeps_its_field_sizes():
     for name, config in methods.items():
         field = config.pipeline.model.field
         assert flat_sizes(field) == EXPECTED[name], name
+        assert field.implementation == "auto" and config.pipeline.model.sampler == "auto"
         built = SparseFusionField(field)
         assert built.encoding.output_dim == field.grid.num_levels * field.grid.features_per_level
         assert len([m for m in built.mlp if hasattr(m, "weight")]) == field.num_layers

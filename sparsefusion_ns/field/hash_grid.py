@@ -4,7 +4,9 @@ The parameters are a single flat table laid out exactly as tiny-cuda-nn's ``Grid
 encoding stores them, so the same checkpoint runs through either kernel:
 
 - ``hash_grid_encode_torch`` — the pure-torch reference twin; runs everywhere (CPU tests use it);
-- tiny-cuda-nn — used automatically when ``tinycudann`` imports *and* the input is on CUDA.
+- tiny-cuda-nn — chosen by ``--pipeline.model.field.implementation`` with the rule of
+  :mod:`sparsefusion_ns.utils.cuda_kernels`: ``auto`` (the default) uses it when ``tinycudann``
+  imports *and* the input is on CUDA, ``tcnn`` insists on it, ``torch`` never uses it.
 
 Layout (per level l = 0..L−1, as in tiny-cuda-nn):
   scale_l = base_resolution · b^l − 1,  b = per_level_scale
@@ -20,11 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from sparsefusion_ns.utils.cuda_kernels import OptionalCudaKernel
+
+HashGridImplementation = Literal["auto", "tcnn", "torch"]
+"""Which kernel runs the hash grid (``--pipeline.model.field.implementation``)."""
 
 _PRIMES = (1, 2654435761, 805459861)
 _UINT32 = 0xFFFFFFFF
@@ -169,14 +176,20 @@ def _import_tinycudann():
     return tinycudann
 
 
+TINYCUDANN = OptionalCudaKernel("tiny-cuda-nn", "tcnn", "--pipeline.model.field.implementation", _import_tinycudann)
+"""tiny-cuda-nn's hash encoding, imported at most once (the first time a CUDA input asks for it)."""
+
+
 class HashGridEncoding(nn.Module):
     """Hash grid encoding whose table can run through tiny-cuda-nn or pure torch.
 
-    The kernel is chosen per call: tiny-cuda-nn when it imports and the input is on CUDA,
-    otherwise the torch twin. Importing this module never imports tinycudann.
+    The kernel is chosen per call from ``implementation`` (see :data:`HashGridImplementation`) and
+    where the input is. Importing this module never imports tinycudann.
     """
 
-    def __init__(self, layout: HashGridLayout, init_scale: float = 1e-4) -> None:
+    def __init__(
+        self, layout: HashGridLayout, init_scale: float = 1e-4, implementation: HashGridImplementation = "auto"
+    ) -> None:
         super().__init__()
         self.layout = layout
         # tiny-cuda-nn initialises the table uniformly in [−1e-4, 1e-4].
@@ -185,15 +198,17 @@ class HashGridEncoding(nn.Module):
         )
         """Flat table: entry e of level l, feature f at ``(offset_l + e) · F + f`` (tiny-cuda-nn order)."""
         self._tcnn_encoding: Optional[nn.Module] = None
-        self.force_torch = False
-        """Use the torch twin even where tiny-cuda-nn could run (parity tests, debugging)."""
+        self.implementation: HashGridImplementation = implementation
+        """``auto``: tiny-cuda-nn on CUDA inputs when it imports; ``tcnn``: always it; ``torch``: the torch
+        twin even where tiny-cuda-nn could run (parity tests, debugging)."""
 
     @property
     def output_dim(self) -> int:
         return self.layout.output_dim
 
     def uses_tcnn(self, positions: Tensor) -> bool:
-        return not self.force_torch and positions.is_cuda and _import_tinycudann() is not None
+        """Whether ``positions`` go through tiny-cuda-nn (``implementation`` and where they are)."""
+        return TINYCUDANN.use(self.implementation, positions.is_cuda)
 
     def forward(self, positions: Float[Tensor, "n 3"]) -> Float[Tensor, "n levels_times_features"]:
         if self.uses_tcnn(positions):
@@ -201,7 +216,7 @@ class HashGridEncoding(nn.Module):
         return hash_grid_encode_torch(positions, self.table, self.layout)
 
     def _forward_tcnn(self, positions: Tensor) -> Tensor:
-        tcnn = _import_tinycudann()
+        tcnn = TINYCUDANN.module()
         if self._tcnn_encoding is None:
             layout = self.layout
             encoding = tcnn.Encoding(
@@ -220,8 +235,8 @@ class HashGridEncoding(nn.Module):
             if encoding.params.numel() != self.table.numel():
                 raise RuntimeError(
                     f"tiny-cuda-nn allocates {encoding.params.numel()} hash grid parameters but our layout has "
-                    f"{self.table.numel()}; this tinycudann version uses another layout. Set "
-                    "force_torch=True on the encoding to use the torch kernel."
+                    f"{self.table.numel()}; this tinycudann version uses another layout. Use the torch kernel: "
+                    f"{TINYCUDANN.option} torch."
                 )
             # Keep tcnn's module out of our state dict: it only borrows our table.
             object.__setattr__(self, "_tcnn_encoding", encoding.to(positions.device))

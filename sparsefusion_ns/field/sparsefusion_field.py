@@ -21,7 +21,7 @@ from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
 
-from sparsefusion_ns.field.hash_grid import HashGridEncoding, HashGridLayout
+from sparsefusion_ns.field.hash_grid import HashGridEncoding, HashGridImplementation, HashGridLayout
 
 
 @dataclass
@@ -38,6 +38,10 @@ class SparseFusionFieldConfig:
     """a: height of the initial density blob at the origin (added before trunc_exp)."""
     blob_std: float = 0.2
     """s: standard deviation of the density blob."""
+    implementation: HashGridImplementation = "auto"
+    """Hash grid kernel: 'auto' runs tiny-cuda-nn when the model is on CUDA and tinycudann imports,
+    otherwise the pure-torch twin (same parameters, same results up to round-off); 'tcnn' insists on
+    tiny-cuda-nn (an error where it cannot run), 'torch' on the twin."""
 
 
 class SparseFusionField(Field):
@@ -49,7 +53,7 @@ class SparseFusionField(Field):
         config = config if config is not None else SparseFusionFieldConfig()
         self.config = config
         self.half_extent = half_extent
-        self.encoding = HashGridEncoding(config.grid)
+        self.encoding = HashGridEncoding(config.grid, implementation=config.implementation)
         layers = []
         for i in range(config.num_layers):
             in_dim = self.encoding.output_dim if i == 0 else config.hidden_dim

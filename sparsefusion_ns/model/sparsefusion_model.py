@@ -42,10 +42,10 @@ from sparsefusion_ns.engine.trainer import last_training_step
 from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldConfig
 from sparsefusion_ns.losses import opacity_regulariser, pseudo_huber
 from sparsefusion_ns.model.volume_sampling import (
+    NERFACC,
     ImportanceSampling,
     OccupancyGridSampling,
     SampledRays,
-    nerfacc_cuda_available,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ class SparseFusionModelConfig(ModelConfig):
     """Importance samples per ray of the pure-torch sampler, drawn from the coarse weights."""
     sampler: Literal["auto", "torch", "nerfacc"] = "auto"
     """Ray sampler: 'auto' uses nerfacc occupancy-grid marching when the model is on CUDA and nerfacc's
-    CUDA extension loads, otherwise the pure-torch importance sampler."""
+    CUDA extension loads, otherwise the pure-torch importance sampler; 'nerfacc' insists on the former
+    (an error where it cannot run), 'torch' on the latter (the rule of utils/cuda_kernels.py)."""
     occupancy_grid_resolution: int = 128
     """Resolution of nerfacc's occupancy grid (CUDA path)."""
     render_step_size: Optional[float] = None
@@ -175,15 +176,7 @@ class SparseFusionModel(Model):
     # ------------------------------------------------------------------ sampling
     def uses_nerfacc(self) -> bool:
         """Whether this forward pass marches rays with nerfacc (CUDA) rather than pure torch."""
-        if self.config.sampler == "torch":
-            return False
-        on_cuda = self.device.type == "cuda"
-        if self.config.sampler == "nerfacc" and not (on_cuda and nerfacc_cuda_available()):
-            raise RuntimeError(
-                "sampler='nerfacc' needs the model on CUDA and nerfacc's CUDA extension; "
-                "use --pipeline.model.sampler auto (or torch) on this machine."
-            )
-        return on_cuda and nerfacc_cuda_available()
+        return NERFACC.use(self.config.sampler, on_cuda=self.device.type == "cuda")
 
     def occupancy_sampling(self) -> OccupancyGridSampling:
         if self._occupancy_sampling is None:

@@ -4,15 +4,16 @@
   authors, 64 stratified samples between the ray's entry and exit of the scene box, then 64 more
   drawn from the coarse weights; the field is evaluated with gradients on the union (128 samples).
   The coarse pass only needs densities and runs without gradients.
-- ``OccupancyGridSampling`` (nerfacc): occupancy-grid ray marching, used automatically when the
-  model is on CUDA and nerfacc's CUDA extension loads. Both return the same kind of result, so the
-  model composites them with the same nerfstudio renderers (padded or packed samples).
+- ``OccupancyGridSampling`` (nerfacc): occupancy-grid ray marching, chosen by
+  ``--pipeline.model.sampler`` with the rule of :mod:`sparsefusion_ns.utils.cuda_kernels`: ``auto``
+  (the default) uses it when the model is on CUDA and nerfacc's CUDA extension loads, ``nerfacc``
+  insists on it, ``torch`` never uses it. Both return the same kind of result, so the model
+  composites them with the same nerfstudio renderers (padded or packed samples).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Optional
 
 import torch
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+
+from sparsefusion_ns.utils.cuda_kernels import OptionalCudaKernel
 
 
 @dataclass
@@ -48,16 +51,23 @@ class ImportanceSampling(nn.Module):
         return SampledRays(self.importance(ray_bundle, coarse, coarse_weights))
 
 
-@lru_cache(maxsize=1)
-def nerfacc_cuda_available() -> bool:
-    """Whether nerfacc's CUDA extension loads (checked once, only when the model is on CUDA)."""
+def _load_nerfacc_cuda():
     if not torch.cuda.is_available():
-        return False
+        return None
     try:
         from nerfacc.cuda._backend import _C  # noqa: F401  (builds or loads the extension)
     except Exception:  # noqa: BLE001  (any build/load failure means: use the torch path)
-        return False
-    return _C is not None
+        return None
+    return _C
+
+
+NERFACC = OptionalCudaKernel("nerfacc's CUDA extension", "nerfacc", "--pipeline.model.sampler", _load_nerfacc_cuda)
+"""nerfacc's CUDA extension, loaded at most once (the first time a model on CUDA asks for it)."""
+
+
+def nerfacc_cuda_available() -> bool:
+    """Whether nerfacc's CUDA extension loads (checked once)."""
+    return NERFACC.available()
 
 
 class OccupancyGridSampling:
