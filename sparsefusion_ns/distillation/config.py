@@ -1,4 +1,4 @@
-"""Settings of SparseFusion's distillation step (B). Defaults are the authors' (SPEC "Distillation")."""
+"""Settings of SparseFusion's distillation step (B). Defaults are the authors' (docs/method.md#novel-view-step)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The pool of novel cameras that the distillation's step (B) renders and asks the teacher about.
 
-SPEC "Distillation", novel-camera pool. Cameras orbit the object on a circle fitted to known camera
+docs/method.md#novel-camera-pool. Cameras orbit the object on a circle fitted to known camera
 centres, all looking at the point nearest every known principal axis, with the elevation (seen
 from that point) jittered by up to ±0.17 rad:
 
@@ -46,7 +46,7 @@ collinear: no circle is fitted through them (a near-straight line gives a huge, 
 
 @dataclass
 class NovelCameraPoolConfig:
-    """Which cameras the distillation renders for the teacher (SPEC "novel-camera pool")."""
+    """Which cameras the distillation renders for the teacher (docs/method.md#novel-camera-pool)."""
 
     source: Literal["inputs", "authors"] = "inputs"
     """'inputs': the circle and look-at point are fitted to the input cameras only, the pool holds

@@ -1,6 +1,6 @@
 """The losses of step (B), on a render Î (with gradients) of one pool camera at the teacher's size S².
 
-Bootstrap phase (SPEC "Distillation", iterations ≤ 1000), with c_EFT the EFT colour upsampled from
+Bootstrap phase (docs/method.md#bootstrap, iterations ≤ 1000), with c_EFT the EFT colour upsampled from
 its g² grid to S² and M_EFT = [mean_channels(c_EFT) > 0.1] its silhouette:
 
     L = λ_rgb · Huber(Î, c_EFT) + λ_mask · Huber(Ô, M_EFT) + λ_o · mean(sqrt(Ô² + 0.01))

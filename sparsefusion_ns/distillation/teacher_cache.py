@@ -1,7 +1,7 @@
 """EFT colour and features of every pool camera, computed once and kept on the model's device.
 
 The EFT output of a pool camera depends only on the input views and the camera, never on the
-field, so the authors compute it once per pool camera before the optimisation (SPEC "Distillation").
+field, so the authors compute it once per pool camera before the optimisation (docs/method.md#novel-camera-pool).
 Here entries are computed on first use (or all at once by :meth:`TeacherCache.warm_up`) and kept
 within a byte budget: when the budget is full the least recently used entry is dropped and
 recomputed if drawn again. Results do not depend on the budget (the EFT is deterministic in eval mode).

@@ -1,6 +1,6 @@
 """The EFT baseline: the Epipolar Feature Transformer's feed-forward colour at each held-out camera.
 
-The paper's "EFT alone" row (SPEC "Evaluation"). The EFT reads exactly what the distillation shows
+The paper's "EFT alone" row (docs/method.md#evaluation). The EFT reads exactly what the distillation shows
 it (:func:`~sparsefusion_ns.distillation.teacher_inputs.inputs_for_teacher`: the input views cropped,
 resized and masked as in the teacher's training, their PyTorch3D NDC cameras, depth samples centred
 on d̄ of the input cameras). The EFT treats every ray on its own, so it is queried on a **denser ray

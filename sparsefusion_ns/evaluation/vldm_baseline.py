@@ -1,6 +1,6 @@
 """The VLDM baseline: each held-out view sampled by the diffusion model alone, from pure noise.
 
-The paper's "VLDM alone" row (SPEC "Evaluation"). For every held-out camera: the EFT feature map at
+The paper's "VLDM alone" row (docs/method.md#evaluation). For every held-out camera: the EFT feature map at
 that camera (its ``grid_size``² latent grid, from the same inputs as the distillation:
 :func:`~sparsefusion_ns.distillation.teacher_inputs.inputs_for_teacher`), a latent of pure Gaussian
 noise at t = 1, the authors' PLMS sampler (``teacher/samplers.py``) down to t = 0 in ``steps`` steps

@@ -1,6 +1,6 @@
 """SparseFusion's Instant-NGP field: a hash grid, a small MLP, a density blob and albedo colour.
 
-For a point x in the [-4, 4]^3 scene box (SPEC "Distillation / Field"):
+For a point x in the [-4, 4]^3 scene box (docs/method.md#field):
   h = MLP(HashGrid((x + 4) / 8))                      # h ∈ R^4
   σ(x) = trunc_exp(h₀ + a · exp(−|x|² / (2 s²)))       # a = 5, s = 0.2: a density blob at the centre
   c(x) = sigmoid(h₁…₃)                                 # albedo, no view dependence

@@ -1,6 +1,6 @@
 """The ``sparsefusion`` nerfstudio model: the Instant-NGP field, its renderer and the input-view losses.
 
-Training a field on 2–6 masked input views (SPEC "Distillation", step A):
+Training a field on 2–6 masked input views (docs/method.md#input-view-step):
   L_A = λ_rgb · Huber(Ĉ, C) + λ_mask · Huber(Ô, M) + λ_opacity · mean(sqrt(Ô² + 0.01))
 with Ĉ the rendered colour, C the masked image, Ô the rendered opacity (accumulation), M the
 foreground mask and Huber the authors' pseudo-Huber with δ = 0.1. Without a teacher this is our
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SparseFusionModelConfig(ModelConfig):
-    """SparseFusion's field, sampler and losses. Defaults are the paper's (SPEC "Distillation")."""
+    """SparseFusion's field, sampler and losses. Defaults are the paper's (docs/method.md#distillation)."""
 
     _target: Type = dataclasses.field(default_factory=lambda: SparseFusionModel)
     enable_collider: bool = False

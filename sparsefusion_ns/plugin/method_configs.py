@@ -1,6 +1,6 @@
 """The ``sparsefusion``, ``sparsefusion-mini`` and ``sparsefusion-tiny`` nerfstudio methods.
 
-``sparsefusion`` carries the paper's settings (SPEC "Distillation"): 3000 iterations, the
+``sparsefusion`` carries the paper's settings (docs/method.md#schedules): 3000 iterations, the
 [-4, 4]^3 Instant-NGP field, 64 + 64 samples per ray, Adam with lr 5e-3 on the hash grid and 5e-4
 on the MLP, input views rendered at half resolution (256² CO3D crops → 128²), 128² = 16384 rays a
 step. With ``--pipeline.model.teacher FOLDER`` every iteration also runs the distillation step (B):

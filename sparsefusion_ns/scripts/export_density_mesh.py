@@ -1,7 +1,7 @@
 """Mesh a trained SparseFusion field's density with marching cubes (``sf-export-density-mesh``).
 
 nerfstudio's ``ns-export marching-cubes`` meshes SDF fields only. SparseFusion's field is a volume
-density σ(x) with an albedo c(x) (SPEC "Distillation / Field"), so its surface is taken here as the
+density σ(x) with an albedo c(x) (docs/method.md#field), so its surface is taken here as the
 level set σ(x) = τ:
 
   1. σ is evaluated on a regular grid of ``resolution``³ points over the cube [-h, h]³ (field

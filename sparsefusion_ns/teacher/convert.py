@@ -1,6 +1,6 @@
 """``sf-convert-teacher``: the authors' released checkpoints → one teacher folder.
 
-Inputs (SPEC "Released checkpoints"), per CO3D category:
+Inputs (docs/method.md#released-checkpoints), per CO3D category:
 
 - ``ckpt_latest_eft.pt``: ``torch.save`` dict whose ``model_state_dict`` is the EFT (278 tensors);
 - ``ckpt_latest.pt``: the same for the VLDM, keys ``unets.0.*`` (477 tensors);

@@ -12,7 +12,7 @@ its weights from either
 Both paths load strictly: a missing, unexpected or wrongly shaped tensor is an error that lists
 the offending keys.
 
-Latent convention (SPEC "VLDM"): ``encode(x) = mean(q(z | 2x − 1)) · 0.18215`` (the posterior
+Latent convention (docs/method.md#vae): ``encode(x) = mean(q(z | 2x − 1)) · 0.18215`` (the posterior
 mean, not a sample) and ``decode(z) = clip((D(z / 0.18215) + 1) / 2, 0, 1)``.
 """
 

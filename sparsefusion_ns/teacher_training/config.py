@@ -1,6 +1,6 @@
 """Options of ``sf-train-teacher``: what to train on, how, and where to write it.
 
-Defaults are the authors' recipe (SPEC "VLDM / Training batch", their ``train.py``): one scene per
+Defaults are the authors' recipe (docs/method.md#teacher-training, their ``train.py``): one scene per
 process and step; one query and 2–5 context views drawn from a pool of frames of that scene; the
 query latent repeated 12× with independent t and noise; condition dropout 10 %; P2 weighting;
 valid-region masking; the EFT colour loss added (joint training); Adam, lr 5e-5, halved every
@@ -60,7 +60,7 @@ class ViewSamplingConfig:
     frames_per_scene: int = 10
     """Frames drawn at random from the scene per example; the query and context come from them and
     the EFT depth range is centred on their mean camera distance. The authors' train.py draws 10
-    (their loader's default, quoted in SPEC, is 20)."""
+    (their loader's default is 20; docs/method.md#training-batch)."""
     context_views: Tuple[int, int] = (2, 5)
     """Inclusive range of the number of context views, drawn uniformly per example. (The authors'
     ``torch.randint(2, 5)`` draws 2–4.)"""
@@ -82,7 +82,7 @@ class ViewSamplingConfig:
 
 @dataclass
 class LossConfig:
-    """The joint objective: diffusion ε-MSE + EFT colour loss (SPEC "EFT" and "VLDM")."""
+    """The joint objective: diffusion ε-MSE + EFT colour loss (docs/method.md#vldm-objective and #teacher-training)."""
 
     diffusion_repeats: int = 12
     """Copies of the query latent per example, each with its own t, noise and condition dropout."""

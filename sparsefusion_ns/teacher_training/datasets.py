@@ -1,6 +1,6 @@
 """Training examples: one query view and 2–5 context views of a scene, cameras relative to the query.
 
-An example is drawn as the authors' training loop does (SPEC "VLDM / Training batch"):
+An example is drawn as the authors' training loop does (docs/method.md#training-batch):
 
 1. a pool of ``frames_per_scene`` random frames of the scene;
 2. the query: one random frame of the pool;

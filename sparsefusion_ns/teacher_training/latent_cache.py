@@ -1,7 +1,7 @@
 """An on-disk cache of the frozen VAE's latents of every training frame, filled once.
 
 The VLDM's target is the VAE latent of the query view, ``z = mean(q(z | 2x − 1)) · 0.18215``
-(SPEC "VLDM"). The VAE never changes during training, so the latent of every preprocessed frame
+(docs/method.md#vae). The VAE never changes during training, so the latent of every preprocessed frame
 can be computed once instead of at every step. Layout::
 
     <folder>/cache_info.json                 what the latents were made with (see fingerprint)

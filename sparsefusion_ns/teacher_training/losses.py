@@ -1,6 +1,6 @@
 """The teacher's training losses: VLDM ε-MSE and EFT colour, both inside the valid region.
 
-Symbols (SPEC "EFT", "VLDM"):
+Symbols (docs/method.md#vldm-objective, #teacher-training):
 
 - ``z0``: the query view's VAE latent z_0 (c × g × g, g = image size / 8);
 - ``t``: diffusion times t ~ U(0, t_max), one per copy of z_0 (``repeats`` copies, 12 upstream);

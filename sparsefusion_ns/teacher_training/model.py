@@ -61,7 +61,7 @@ class TeacherTrainingModel(nn.Module):
         self.eft = EpipolarFeatureTransformer(config.eft)
         self.unet = VLDMUNet(config.unet)
         self.schedule = CosineLogSNRSchedule(config.schedule)
-        # in the released checkpoint but never run by the EFT (SPEC "EFT")
+        # in the released checkpoint but never run by the EFT (docs/method.md#eft)
         if self.config.eft.keep_unused_backbone_layers:
             self.eft.encoder_model.layer4.requires_grad_(False)
             self.eft.encoder_model.fc.requires_grad_(False)

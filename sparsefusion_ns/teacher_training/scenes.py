@@ -10,7 +10,7 @@ Two sources share one interface (:class:`SceneCollection`):
 - :class:`NerfstudioScenes`: every ``<root>/<scene>/transforms.json`` (or ``<root>/transforms.json``),
   OpenGL camera-to-world poses and pixel intrinsics, masks from an alpha channel or ``mask_path``.
 
-Every frame is loaded as the teacher sees it (SPEC "Data and cameras"): cropped around its mask,
+Every frame is loaded as the teacher sees it (docs/method.md#crops): cropped around its mask,
 resized so the longer side is the teacher's image size, zero-padded bottom/right
 (``co3d_preprocess``), optionally multiplied by its mask, with a PyTorch3D NDC camera for that
 square image.

@@ -1,6 +1,6 @@
 """The teacher training loop, on one CPU or GPU, several GPUs or several machines (``accelerate``).
 
-Every process trains on one example per step (SPEC "VLDM / Training batch": one scene per GPU);
+Every process trains on one example per step (docs/method.md#training-batch: one scene per GPU);
 DDP averages the gradients, so N processes take N examples per optimiser step. One step:
 
 1. the next :class:`~.datasets.SampleKey` of this process's :class:`~.datasets.SceneStream`
