@@ -51,6 +51,27 @@ def test_grid_outputs(golden, schedule):
         )
 
 
+@pytest.mark.parametrize("layout", ["flat", "rows", "one at a time"])
+def test_grid_outputs_do_not_depend_on_the_batch_shape(golden, schedule, layout):
+    """The schedule is elementwise: the golden grid reshaped, or fed one 0-d time at a time, gives the
+    golden values at the same tolerance."""
+    tensors, _ = golden
+    t = tensors["in.t_grid"].flatten()
+    names = ("log_snr", "alpha_cumprod", "p2_loss_weight")
+    functions = {name: getattr(schedule, name) for name in names}
+    for name, function in functions.items():
+        expected = tensors[f"out.{name}"].flatten()
+        if layout == "one at a time":
+            ours = torch.stack([function(value) for value in t])
+        elif layout == "rows":
+            rows = 2 if len(t) % 2 == 0 else 1
+            ours = function(t.reshape(rows, -1))
+            assert ours.shape == (rows, len(t) // rows)
+        else:
+            ours = function(t)
+        torch.testing.assert_close(ours.flatten(), expected, atol=ATOL, rtol=0, msg=name)
+
+
 def test_log_snr_at_one_is_the_float32_value(schedule):
     # golden_diffusion_schedule.json notes: float32 gives -33.891315 (float64 would give -74.66)
     assert schedule.log_snr(1.0).item() == pytest.approx(-33.891315, abs=1e-5)

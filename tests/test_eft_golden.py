@@ -177,7 +177,7 @@ def test_golden_batch_statistics_quirk(golden_model, goldens):
     assert not bn1.training and bn1.track_running_stats
 
 
-@pytest.mark.parametrize("rays_per_chunk", [3, 8])  # uneven chunks (3+3+2), one chunk
+@pytest.mark.parametrize("rays_per_chunk", [1, 3, 8])  # one ray per chunk, uneven chunks (3+3+2), one chunk
 def test_ray_chunking_does_not_change_results(golden_model, goldens, rays_per_chunk):
     _, full = goldens
     with torch.no_grad():
@@ -188,6 +188,20 @@ def test_ray_chunking_does_not_change_results(golden_model, goldens, rays_per_ch
     assert_close(out.features, full["out.features"].reshape(8, -1), ATOL_FEATURES)
     assert_close(out.rgb, full["out.rgb"].reshape(8, 3), ATOL_RGB)
     assert out.depth_weights.shape == (3, 8, 20) and out.view_weights.shape == (3, 8)
+
+
+@pytest.mark.parametrize("rays", [[0], [7], [5, 0, 2], [3, 3]], ids=str)
+def test_golden_rays_in_any_batch(golden_model, goldens, rays):
+    """Rays are independent: any batch of the golden rays (one, reordered, repeated) gives their
+    golden outputs."""
+    _, full = goldens
+    origins, directions, lengths = _rays(full)
+    index = torch.tensor(rays)
+    with torch.no_grad():
+        out = golden_model(full["in.images"], _cameras(full), origins[index], directions[index], lengths[index])
+    assert_close(out.features, full["out.features"].reshape(8, -1)[index], ATOL_FEATURES)
+    assert_close(out.rgb, full["out.rgb"].reshape(8, 3)[index], ATOL_RGB)
+    assert out.depth_weights.shape == (3, len(rays), 20) and out.view_weights.shape == (3, len(rays))
 
 
 def _look_at_cameras(n: int, distance: float, seed: int) -> NDCCameras:

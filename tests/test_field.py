@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nerfstudio.cameras.rays import Frustums, RaySamples
@@ -70,3 +71,16 @@ def test_gradients_reach_grid_and_mlp():
     (field.density_at(positions).sum() + field.colour_at(positions).sum()).backward()
     assert field.encoding.table.grad.abs().sum() > 0
     assert all(p.grad is not None for p in field.mlp.parameters())
+
+
+@pytest.mark.parametrize("batch_shape", [(), (1,), (7,), (2, 5), (2, 3, 4)])
+def test_any_batch_shape_gives_the_flat_batchs_values(batch_shape):
+    """density_at / colour_at take (*batch, 3) positions; values do not depend on the batch layout."""
+    field = SparseFusionField(TINY)
+    positions = torch.rand(*batch_shape, 3) * 6 - 3
+    flat = positions.reshape(-1, 3)
+    with torch.no_grad():
+        density, colour = field.density_at(positions), field.colour_at(positions)
+        assert density.shape == (*batch_shape, 1) and colour.shape == (*batch_shape, 3)
+        torch.testing.assert_close(density.reshape(-1, 1), field.density_at(flat), rtol=1e-6, atol=0)
+        torch.testing.assert_close(colour.reshape(-1, 3), field.colour_at(flat), rtol=1e-6, atol=0)

@@ -11,6 +11,13 @@ import torch
 from sparsefusion_ns.field.hash_grid import HashGridEncoding, HashGridLayout, hash_grid_encode_torch
 
 SMALL = HashGridLayout(num_levels=4, features_per_level=2, log2_hashmap_size=9, base_resolution=4, max_resolution=64)
+LAYOUTS = {
+    "dense and hashed levels": SMALL,
+    "one level": HashGridLayout(num_levels=1, features_per_level=2, log2_hashmap_size=9, base_resolution=6, max_resolution=6),
+    "1 feature, hashed": HashGridLayout(num_levels=3, features_per_level=1, log2_hashmap_size=6, base_resolution=8, max_resolution=32),
+    "4 features, dense": HashGridLayout(num_levels=3, features_per_level=4, log2_hashmap_size=16, base_resolution=4, max_resolution=16),
+}
+"""Layouts covering both index rules, a single level and several feature widths."""
 
 
 def reference_encode(position: torch.Tensor, table: torch.Tensor, layout: HashGridLayout) -> torch.Tensor:
@@ -53,14 +60,17 @@ def test_paper_layout_matches_tiny_cuda_nn_sizes():
     assert math.isclose(layout.per_level_scale, 1.5157165665103982, rel_tol=1e-12)
 
 
-def test_torch_twin_matches_reference_lookup():
+@pytest.mark.parametrize("num_points", [1, 2, 40])
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_torch_twin_matches_reference_lookup(layout, num_points):
     torch.manual_seed(0)
-    table = torch.randn(SMALL.num_entries * SMALL.features_per_level)
-    positions = torch.rand(40, 3)
+    table = torch.randn(layout.num_entries * layout.features_per_level)
+    positions = torch.rand(num_points, 3)
     positions[0] = torch.tensor([0.0, 0.0, 0.0])
-    positions[1] = torch.tensor([1.0, 1.0, 1.0])
-    ours = hash_grid_encode_torch(positions, table, SMALL)
-    expected = torch.stack([reference_encode(p, table, SMALL) for p in positions]).float()
+    positions[-1] = torch.tensor([1.0, 1.0, 1.0]) if num_points > 1 else positions[-1]
+    ours = hash_grid_encode_torch(positions, table, layout)
+    assert ours.shape == (num_points, layout.output_dim)
+    expected = torch.stack([reference_encode(p, table, layout) for p in positions]).float()
     # float32 trilinear weights vs float64 reference: ~1e-6 relative.
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
@@ -106,12 +116,13 @@ def _tcnn_available() -> bool:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _tcnn_available(), reason="needs CUDA and tinycudann (tiny-cuda-nn parity)")
-def test_tinycudann_parity_forward_and_gradients():
+@pytest.mark.parametrize("num_points", [1, 333, 4096])
+def test_tinycudann_parity_forward_and_gradients(num_points):
     layout = HashGridLayout(num_levels=8, log2_hashmap_size=14, base_resolution=16, max_resolution=1024)
     encoding = HashGridEncoding(layout).cuda()
     with torch.no_grad():
         encoding.table.normal_()
-    positions = torch.rand(4096, 3, device="cuda")
+    positions = torch.rand(num_points, 3, device="cuda")
     out_tcnn = encoding(positions)
     grad_tcnn = torch.autograd.grad(out_tcnn.square().sum(), encoding.table)[0]
     encoding.implementation = "torch"

@@ -142,3 +142,23 @@ def test_golden_projection_and_centres(shared_dir):
     projected = cameras.transform_points_ndc(points.reshape(-1, 3))
     torch.testing.assert_close(projected, golden["out.xyz_ndc"], atol=atol, rtol=0)
     torch.testing.assert_close(cameras.camera_centers(), golden["out.camera_centers"], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("order", [[0], [2], [2, 0], [1, 1, 0]], ids=str)
+def test_golden_projection_of_any_camera_batch(shared_dir, order):
+    """Cameras indexed into any batch (one, reordered, repeated) project as in the golden batch."""
+    golden = load_file(shared_dir / "reference" / "golden_eft_full.safetensors")
+    cameras = NDCCameras(
+        R=golden["in.R"],
+        T=golden["in.T"],
+        focal_length=golden["in.focal_length"],
+        principal_point=golden["in.principal_point"],
+    )
+    origins, directions = golden["in.ray_origins"], golden["in.ray_directions"]
+    points = (origins[..., None, :] + golden["in.ray_lengths"][..., None] * directions[..., None, :]).reshape(-1, 3)
+    expected = golden["out.xyz_ndc"]
+    assert expected.shape[0] == len(cameras) == 3
+    index = torch.tensor(order)
+    subset = cameras[index]
+    torch.testing.assert_close(subset.transform_points_ndc(points), expected[index], atol=1e-5, rtol=0)
+    torch.testing.assert_close(subset.camera_centers(), golden["out.camera_centers"][index], atol=1e-5, rtol=0)

@@ -91,6 +91,19 @@ def test_golden_forward_and_intermediates(golden, golden_model):
     torch.testing.assert_close(eps, tensors["out.pred_noise"], rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("order", [[0], [1], [1, 0], [0, 0, 1]], ids=str)
+def test_golden_forward_of_any_batch(golden, golden_model, order):
+    """Samples are independent: any batch of the golden inputs (one, reordered, repeated) gives their
+    golden outputs."""
+    tensors, meta = golden
+    atol = meta["tolerance"]["recommended_atol"]
+    index = torch.tensor(order)
+    x, log_snr, cond = tensors["in.x_noisy"][index], tensors["in.time"][index], tensors["in.cond_images"][index]
+    with torch.no_grad():
+        eps = golden_model(x, log_snr, cond)
+    torch.testing.assert_close(eps, tensors["out.pred_noise"][index], rtol=0, atol=atol)
+
+
 def test_condition_dropout_equals_zeroed_condition(golden, golden_model):
     tensors, _ = golden
     x, log_snr, cond = tensors["in.x_noisy"], tensors["in.time"], tensors["in.cond_images"]

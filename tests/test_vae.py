@@ -118,17 +118,19 @@ def test_full_size_vae_accepts_the_sd_v1_checkpoint_layout(shared_dir):
     assert vae.config.downsampling_factor == 8
 
 
-def test_conversion_reproduces_the_ldm_forward():
+@pytest.mark.parametrize("batch, size", [(2, 32), (1, 16), (3, 24)])
+def test_conversion_reproduces_the_ldm_forward(batch, size):
     """Our converter + diffusers equal an independent ldm-layout forward: this checks the meaning of
-    the mapping (decoder level order, q/k/v, shortcut, norms), not only key names."""
+    the mapping (decoder level order, q/k/v, shortcut, norms), not only key names; over batch sizes
+    and image sizes (latents of 4², 2² and 3²)."""
     weights = random_ldm_vae_state_dict(TINY)
     vae = FrozenVAE(TINY)
     vae.load_ldm_state_dict({"first_stage_model." + k: v for k, v in weights.items()})
-    images = torch.rand(2, 3, 32, 32)
+    images = torch.rand(batch, 3, size, size)
 
     latents = vae.encode(images)
     expected_latents = ldm_reference_posterior_mean(weights, TINY, 2 * images - 1) * SD_V1_LATENT_SCALE
-    assert latents.shape == (2, 4, 4, 4)
+    assert latents.shape == (batch, 4, size // 8, size // 8)
     # Same maths, different float32 kernels (diffusers' attention, fused norms): observed
     # max |Δ| 6e-8 on latents (|z| ≤ 0.25) and 2e-6 on images over 3 seeds; 1e-5 leaves margin.
     torch.testing.assert_close(latents, expected_latents, atol=1e-5, rtol=1e-5)

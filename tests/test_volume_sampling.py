@@ -55,11 +55,11 @@ def test_model_on_cpu_uses_the_torch_sampler_and_refuses_nerfacc():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not nerfacc_cuda_available(), reason="needs CUDA and nerfacc's CUDA extension")
-def test_nerfacc_compositing_matches_torch_forward_and_gradients():
+@pytest.mark.parametrize("n, s", [(128, 48), (1, 64), (1000, 8)])
+def test_nerfacc_compositing_matches_torch_forward_and_gradients(n, s):
     import nerfacc
 
     torch.manual_seed(0)
-    n, s = 128, 48
     bundle = rays(n, "cuda")
     starts = torch.sort(torch.rand(n, s, 1, device="cuda") * 4 + 1, dim=1).values
     ends = torch.cat([starts[:, 1:], starts[:, -1:] + 0.05], dim=1)
