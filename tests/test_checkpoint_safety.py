@@ -14,7 +14,6 @@ from sparsefusion_ns.engine.trainer import TrainingDivergedError
 from sparsefusion_ns.model.sparsefusion_model import SparseFusionModel
 from sparsefusion_ns.utils import atomic_files
 from sparsefusion_ns.utils.atomic_files import DiskFullError
-
 from tests.scenes import demo_scene
 from tests.tiny_training import tiny_trainer_config, train
 from tests.torch_threads import torch_threads

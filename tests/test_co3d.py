@@ -23,7 +23,6 @@ from sparsefusion_ns.data.co3d_annotations import (
     evenly_spaced_indices,
 )
 from sparsefusion_ns.data.co3d_dataparser import Co3dDataParserConfig
-from tests.co3d_fixture import Co3dFixtureConfig, render_view, write_co3d_fixture
 from sparsefusion_ns.data.co3d_preprocess import (
     CropBox,
     crop_box_around_mask,
@@ -34,6 +33,7 @@ from sparsefusion_ns.data.co3d_preprocess import (
 )
 from sparsefusion_ns.data.masked_dataset import MaskedImageDataset
 from sparsefusion_ns.data.view_selection import ViewSelectionError
+from tests.co3d_fixture import Co3dFixtureConfig, render_view, write_co3d_fixture
 
 IMAGE_SIZE = 128  # processed side T; small to keep the tests fast (the rules do not depend on T)
 FIXTURE = Co3dFixtureConfig(frames_per_sequence=12, num_dev_sequences=2, image_size_hw=(96, 128))

@@ -11,12 +11,12 @@ from safetensors.torch import load_file
 
 from sparsefusion_ns.cameras.look_at import look_at_pytorch3d
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
+from sparsefusion_ns.teacher.bundle import TeacherConfig, expected_state_dict_shapes
 from sparsefusion_ns.teacher.eft import (
     EFTConfig,
     EpipolarFeatureTransformer,
     load_authors_state_dict,
 )
-from sparsefusion_ns.teacher.bundle import TeacherConfig, expected_state_dict_shapes
 from sparsefusion_ns.teacher.harmonic_embedding import HarmonicEmbedding, plucker
 
 # recommended_atol from golden_eft_transformer.json / golden_eft_full.json

@@ -29,8 +29,8 @@ from sparsefusion_ns.scripts.export_density_mesh import (
     load_sparsefusion_config,
     write_ply,
 )
-from tests.trained_model import session_trained_model
 from tests.torch_threads import torch_threads
+from tests.trained_model import session_trained_model
 
 CPU = torch.device("cpu")
 
@@ -164,6 +164,7 @@ def test_model_outputs_follow_the_conventions_ns_export_relies_on(pipeline):
 @pytest.mark.slow
 def test_ns_export_pointcloud(trained_config, tmp_path):
     import open3d as o3d
+
     from nerfstudio.scripts.exporter import ExportPointCloud
 
     # Defaults: 1e6 points from batches of 32768 rays, minutes on a CPU; 1000 points take seconds.

@@ -13,7 +13,6 @@ from sparsefusion_ns.scripts.evaluate import EvaluateConfig, evaluate
 from sparsefusion_ns.scripts.export_density_mesh import ExportDensityMesh
 from sparsefusion_ns.scripts.make_demo_scene import entrypoint as make_demo_scene_cli
 from sparsefusion_ns.utils.output_folders import OutputFolderNotEmptyError, prepare_output_folder
-
 from tests.trained_model import session_trained_model
 
 

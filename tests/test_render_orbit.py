@@ -13,8 +13,8 @@ from PIL import Image
 
 from sparsefusion_ns.distillation.novel_cameras import look_at_cameras, orbit_cameras
 from sparsefusion_ns.scripts.render_orbit import RenderOrbitConfig, render_orbit
-from tests.trained_model import session_trained_model
 from tests.torch_threads import torch_threads
+from tests.trained_model import session_trained_model
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from sparsefusion_ns.data.co3d_dataparser import check_viewpoints
 from sparsefusion_ns.data.image_files import ImageFormatError, read_image_uint8
 from sparsefusion_ns.data.masked_dataset import MaskedImageDataset, MaskSizeError
 from sparsefusion_ns.data.sparse_view_dataparser import SceneFormatError, SparseViewsDataParserConfig
-
 from tests.png16 import write_png16
 from tests.scenes import demo_scene, rewrite_transforms
 

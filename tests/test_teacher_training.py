@@ -22,7 +22,6 @@ import tyro
 from sparsefusion_ns.cameras.conventions import opengl_pose_to_pytorch3d
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.data.co3d_annotations import AUTHORS_EXCLUDED_SEQUENCES
-from tests.co3d_fixture import Co3dFixtureConfig, write_co3d_fixture
 from sparsefusion_ns.data.sparse_view_dataparser import read_transforms
 from sparsefusion_ns.teacher.bundle import Teacher, TeacherConfig
 from sparsefusion_ns.teacher_training.checkpoints import list_checkpoints, read_trainer_state
@@ -40,6 +39,7 @@ from sparsefusion_ns.teacher_training.lr_schedule import StepDecaySchedule
 from sparsefusion_ns.teacher_training.model import TeacherTrainingModel
 from sparsefusion_ns.teacher_training.scenes import Co3dScenes, NerfstudioScenes, TrainingDataError
 from sparsefusion_ns.teacher_training.trainer import train
+from tests.co3d_fixture import Co3dFixtureConfig, write_co3d_fixture
 from tests.scenes import demo_scene
 from tests.torch_threads import torch_threads
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparsefusion_ns.teacher.state_dicts import StateDictMismatchError
 from sparsefusion_ns.teacher.vae import (
     SD_V1_LATENT_SCALE,
     FrozenVAE,
@@ -16,7 +17,6 @@ from sparsefusion_ns.teacher.vae import (
     diffusers_vae_to_ldm,
     ldm_vae_to_diffusers,
 )
-from sparsefusion_ns.teacher.state_dicts import StateDictMismatchError
 
 TINY = VAEConfig.tiny()
 GROUPNORM_EPS = 1e-6  # ldm's Normalize() and diffusers' VAE blocks both use 1e-6

@@ -59,6 +59,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras, CameraType
+
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 
 ImageSizeHW = Union[Tuple[int, int], Int[Tensor, "n 2"], Float[Tensor, "n 2"]]

@@ -36,6 +36,7 @@ from PIL import Image
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils.rich_utils import CONSOLE
+
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.cameras.pytorch3d_ndc import NDCCameras
 from sparsefusion_ns.data.camera_checks import check_cameras

@@ -13,14 +13,18 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
-from typing import TYPE_CHECKING, Dict, Iterator
+from typing import Dict, Iterator, Protocol
 
 import torch
 
 from nerfstudio.utils import writer
 
-if TYPE_CHECKING:
-    from sparsefusion_ns.distillation.state import DistillationState
+
+class CostTotals(Protocol):
+    """Where the running totals live: a float64 tensor, one entry per :data:`COST_NAMES` name
+    (:class:`~sparsefusion_ns.distillation.state.DistillationState`, whose buffers are checkpointed)."""
+
+    totals: torch.Tensor
 
 
 @dataclass
@@ -68,7 +72,7 @@ def timed(cost: TeacherCost, device: torch.device | str) -> Iterator[TeacherCost
 class TeacherCounters:
     """Counts teacher work as it happens; :meth:`finish_iteration` adds it to the totals and logs it."""
 
-    def __init__(self, state: "DistillationState", device: torch.device) -> None:
+    def __init__(self, state: CostTotals, device: torch.device) -> None:
         self._state = state
         self._device = torch.device(device)
         self.current = TeacherCost()

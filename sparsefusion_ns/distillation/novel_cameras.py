@@ -76,7 +76,7 @@ class CameraCircle:
     start: Float[Tensor, "3"]
     """Unit in-plane direction of azimuth 0 (towards the first camera)."""
 
-    def points(self, azimuths: Float[Tensor, "n"]) -> Float[Tensor, "n 3"]:
+    def points(self, azimuths: Float[Tensor, " n"]) -> Float[Tensor, "n 3"]:
         """Points of the circle at the given azimuths (radians)."""
         side = torch.linalg.cross(self.normal, self.start)
         return self.centre + self.radius * (
@@ -96,7 +96,7 @@ class NovelCameraPool:
     """Point every generated camera looks at."""
     circle: CameraCircle
     """The fitted circle."""
-    elevation_offsets: Float[Tensor, "m"]
+    elevation_offsets: Float[Tensor, " m"]
     """Elevation jitter δ of each generated camera (circle then random), radians."""
 
     def __len__(self) -> int:
@@ -152,7 +152,7 @@ def fit_camera_circle(
 
 
 def elevate(
-    eyes: Float[Tensor, "n 3"], pivot: Float[Tensor, "3"], up: Float[Tensor, "3"], angles: Float[Tensor, "n"]
+    eyes: Float[Tensor, "n 3"], pivot: Float[Tensor, "3"], up: Float[Tensor, "3"], angles: Float[Tensor, " n"]
 ) -> Float[Tensor, "n 3"]:
     """Rotate each eye about ``pivot`` within the plane of ``eye − pivot`` and ``up`` by ``angle``
     (positive: towards ``up``), so its elevation above ``pivot`` grows by ``angle``; distances to

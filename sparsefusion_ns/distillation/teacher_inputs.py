@@ -31,7 +31,7 @@ frame itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -214,12 +214,15 @@ def training_mismatches(outputs: DataparserOutputs, size: int, training: DataCon
     return problems
 
 
-def teacher_inputs(datamanager: VanillaDataManager, size: int, training: DataConfig = DataConfig()) -> TeacherInputs:
+def teacher_inputs(
+    datamanager: VanillaDataManager, size: int, training: Optional[DataConfig] = None
+) -> TeacherInputs:
     """The input views as the teacher saw its training frames: S×S images and their cameras.
 
     ``training`` is the teacher's training data config (``DataConfig.of_teacher``; the default is the
     authors' CO3D recipe); what cannot be matched is printed as a warning.
     """
+    training = training if training is not None else DataConfig()
     outputs = datamanager.train_dataparser_outputs
     for problem in training_mismatches(outputs, size, training):
         CONSOLE.print(f"[bold yellow]Teacher inputs:[/bold yellow] {problem}")
@@ -234,12 +237,15 @@ def inputs_for_teacher(datamanager: VanillaDataManager, teacher: "Teacher") -> T
     return teacher_inputs(datamanager, teacher.config.eft.image_size, DataConfig.of_teacher(teacher.provenance))
 
 
-def scene_frame_cameras(datamanager: VanillaDataManager, size: int, training: DataConfig = DataConfig()) -> NDCCameras:
+def scene_frame_cameras(
+    datamanager: VanillaDataManager, size: int, training: Optional[DataConfig] = None
+) -> NDCCameras:
     """Every scene frame's camera (input views and held-out views) in scene order, for the authors' pool.
 
     Intrinsics are those of the frames as the teacher sees them (``teacher_views``), as its training
     query cameras were.
     """
+    training = training if training is not None else DataConfig()
     eval_dataset = datamanager.eval_dataset
     if eval_dataset is None or len(eval_dataset) == 0:
         raise ValueError(

@@ -112,7 +112,7 @@ def _corner_indices(corner: Tensor, resolutions: Tensor, dense: bool) -> Tensor:
 
 
 def hash_grid_encode_torch(
-    positions: Float[Tensor, "n 3"], table: Float[Tensor, "entries_times_features"], layout: HashGridLayout
+    positions: Float[Tensor, "n 3"], table: Float[Tensor, " entries_times_features"], layout: HashGridLayout
 ) -> Float[Tensor, "n levels_times_features"]:
     """Pure-torch hash grid lookup; ``positions`` in [0, 1]^3, flat ``table`` in tiny-cuda-nn layout."""
     n = positions.shape[0]

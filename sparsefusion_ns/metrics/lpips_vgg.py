@@ -101,7 +101,7 @@ class LPIPSVGG(nn.Module):
 
     def forward(
         self, images: Float[Tensor, "n 3 h w"], references: Float[Tensor, "n 3 h w"]
-    ) -> Float[Tensor, "n"]:
+    ) -> Float[Tensor, " n"]:
         """Per-image LPIPS distance d(images, references); the distance is symmetric."""
         if images.dim() != 4 or images.shape[1] != 3 or images.shape != references.shape:
             raise ValueError(

@@ -67,7 +67,7 @@ class DensityMesh:
     """Albedo c(x) at each vertex, in [0, 1]."""
 
 
-def grid_axis(half_extent: float, resolution: int, device: torch.device) -> Float[Tensor, "resolution"]:
+def grid_axis(half_extent: float, resolution: int, device: torch.device) -> Float[Tensor, " resolution"]:
     """Coordinates of the grid points along each axis: ``resolution`` points from −h to h."""
     return torch.linspace(-half_extent, half_extent, resolution, device=device)
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import tyro
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.data.co3d_annotations import Co3dFrame

@@ -25,10 +25,11 @@ from typing import List, Literal, Tuple
 import numpy as np
 import torch
 import tyro
-from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.distillation.novel_cameras import orbit_cameras

@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from sparsefusion_ns.teacher.diffusion_schedule import CosineLogSNRSchedule, CosineLogSNRScheduleConfig
 from sparsefusion_ns.teacher.eft import EFTConfig, EpipolarFeatureTransformer
-from sparsefusion_ns.teacher.unet import VLDMUNet, VLDMUNetConfig
 from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
+from sparsefusion_ns.teacher.unet import VLDMUNet, VLDMUNetConfig
 from sparsefusion_ns.teacher.vae import FrozenVAE, VAEConfig
 from sparsefusion_ns.utils.atomic_files import atomic_folder
 from sparsefusion_ns.utils.config_dicts import DictConfig

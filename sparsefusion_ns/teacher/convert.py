@@ -36,11 +36,12 @@ from typing import Any
 import safetensors
 import torch
 import tyro
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from torch import Tensor
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.teacher.bundle import (

@@ -206,6 +206,6 @@ def num_sampling_steps(t: float, max_steps: int = 50, min_steps: int = 0) -> int
     return max(min_steps, min(int(t * max_steps * 2), max_steps))
 
 
-def sampling_times(t_start: float, n_steps: int) -> Float[Tensor, "n_steps_plus_1"]:
+def sampling_times(t_start: float, n_steps: int) -> Float[Tensor, " n_steps_plus_1"]:
     """The time grid ``linspace(t_start, 0, n_steps + 1)`` in float32 (first = t_start, last = 0)."""
     return torch.linspace(t_start, 0.0, n_steps + 1, dtype=torch.float32)

@@ -19,8 +19,9 @@ from typing import Literal, Optional, Tuple
 
 import torch
 import tyro
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.teacher.bundle import Teacher
 

@@ -54,6 +54,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
 from sparsefusion_ns.teacher.unet_blocks import (
     CrossEmbedConv,
     LearnedSinusoidalEmbedding,
@@ -67,7 +68,6 @@ from sparsefusion_ns.teacher.unet_blocks import (
     TokenCrossAttention,
     TransformerBlock,
 )
-from sparsefusion_ns.teacher.state_dicts import check_state_dict, state_dict_shapes
 from sparsefusion_ns.utils.config_dicts import DictConfig
 
 AUTHORS_KEY_PREFIX = "unets.0."

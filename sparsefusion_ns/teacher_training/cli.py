@@ -15,8 +15,9 @@ See ``docs/teacher_training.md``.
 from __future__ import annotations
 
 import tyro
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.teacher_training.config import TeacherTrainingConfig
 from sparsefusion_ns.teacher_training.trainer import train

@@ -9,9 +9,10 @@ from typing import Dict
 
 import torch
 from accelerate import Accelerator
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchvision.utils import save_image
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.teacher_training.config import TeacherTrainingConfig
 

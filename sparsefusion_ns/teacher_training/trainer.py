@@ -28,9 +28,10 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 from torch.utils.data import DataLoader
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.teacher.bundle import CONFIG_FILE, TeacherConfig, read_teacher_metadata, write_teacher_folder

@@ -36,11 +36,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from jaxtyping import Float
-from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.utils import make_grid
+
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns import __version__
 from sparsefusion_ns.data.co3d_annotations import Co3dFormatError
