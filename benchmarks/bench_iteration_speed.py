@@ -197,10 +197,14 @@ def main() -> None:
         if not scene.exists():
             raise SystemExit(f"Scene {scene} does not exist; pass --scene PATH or --scene demo.")
         input_views = INPUT_VIEWS if args.scene != "demo" else (0, 1, 2)
-        print(f"scene {scene}, input views {input_views}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, tinycudann importable: {TCNN_EXISTS}")
-        print("nerfacto: implementation='torch'; torchmetrics LPIPS replaced by an offline stub "
-              "(only eval metrics use it)")
+        print(
+            f"scene {scene}, input views {input_views}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, tinycudann importable: {TCNN_EXISTS}"
+        )
+        print(
+            "nerfacto: implementation='torch'; torchmetrics LPIPS replaced by an offline stub "
+            "(only eval metrics use it)"
+        )
         print(f"load average before: {load_average()}")
 
         results: List[Contender] = []
@@ -227,8 +231,10 @@ def main() -> None:
             print(f"  done {rays} rays, load average {load_average()}")
 
     print(f"load average after: {load_average()}\n")
-    header = (f"{'method':<20} {'rays/batch':>10} {'s/it mean':>10} {'s/it median':>12} {'it/s':>7} "
-              f"{'ours/nerfacto it/s':>19}")
+    header = (
+        f"{'method':<20} {'rays/batch':>10} {'s/it mean':>10} {'s/it median':>12} {'it/s':>7} "
+        f"{'ours/nerfacto it/s':>19}"
+    )
     print(header)
     print("-" * len(header))
     by_rays: Dict[int, Dict[str, float]] = {}
@@ -242,8 +248,10 @@ def main() -> None:
         if contender.name == "sparsefusion-tiny":
             ratio = f"{by_rays[contender.rays]['nerfacto (torch)'] / mean:.2f}"
         print(f"{contender.name:<20} {contender.rays:>10} {mean:>10.3f} {median:>12.3f} {1 / mean:>7.2f} {ratio:>19}")
-    print("\n(timed: callbacks + get_train_loss_dict + backward + optimizer/scheduler steps, "
-          f"{args.iterations} iterations after {args.warmup} warm-up, float32 CPU)")
+    print(
+        "\n(timed: callbacks + get_train_loss_dict + backward + optimizer/scheduler steps, "
+        f"{args.iterations} iterations after {args.warmup} warm-up, float32 CPU)"
+    )
 
 
 if __name__ == "__main__":

@@ -158,8 +158,10 @@ def main() -> None:
             "input_views": list(pipeline.datamanager.train_dataset.metadata["input_view_indices"]),
             "iterations": args.iterations,
             "rays_per_batch": config.pipeline.datamanager.train_num_rays_per_batch,
-            "eval_resolution": [int(pipeline.datamanager.eval_dataset.cameras.height[0]),
-                                int(pipeline.datamanager.eval_dataset.cameras.width[0])],
+            "eval_resolution": [
+                int(pipeline.datamanager.eval_dataset.cameras.height[0]),
+                int(pipeline.datamanager.eval_dataset.cameras.width[0]),
+            ],
             "torch_threads": torch.get_num_threads(),
         }
         if args.eval_at_init:

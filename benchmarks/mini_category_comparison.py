@@ -176,27 +176,56 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     scenes.add_argument("--scenes", nargs="+", help="test sequence names (default: the first --num-scenes)")
     scenes.add_argument("--num-scenes", type=int, default=10, help="first N sequences of the test split (default 10)")
     parser.add_argument("--num-input-views", type=int, default=2, help="V input views (default 2)")
-    parser.add_argument("--iterations", type=int, default=defaults.max_num_iterations,
-                        help=f"training iterations of both methods (default {defaults.max_num_iterations})")
-    parser.add_argument("--bootstrap-iterations", type=int, default=distillation.bootstrap_iterations,
-                        help=f"SparseFusion bootstraps while step <= this (default {distillation.bootstrap_iterations})")
-    parser.add_argument("--plms-max-steps", type=int, default=distillation.plms_max_steps,
-                        help=f"most PLMS steps of a distillation target (default {distillation.plms_max_steps})")
-    parser.add_argument("--rays", type=int, default=defaults.pipeline.datamanager.train_num_rays_per_batch,
-                        help="input-view rays per iteration (default "
-                        f"{defaults.pipeline.datamanager.train_num_rays_per_batch})")
-    parser.add_argument("--vldm-steps", type=int, default=AUTHORS_SAMPLING_STEPS,
-                        help=f"PLMS steps of the VLDM baseline (default {AUTHORS_SAMPLING_STEPS}, the authors')")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=defaults.max_num_iterations,
+        help=f"training iterations of both methods (default {defaults.max_num_iterations})",
+    )
+    parser.add_argument(
+        "--bootstrap-iterations",
+        type=int,
+        default=distillation.bootstrap_iterations,
+        help=f"SparseFusion bootstraps while step <= this (default {distillation.bootstrap_iterations})",
+    )
+    parser.add_argument(
+        "--plms-max-steps",
+        type=int,
+        default=distillation.plms_max_steps,
+        help=f"most PLMS steps of a distillation target (default {distillation.plms_max_steps})",
+    )
+    parser.add_argument(
+        "--rays",
+        type=int,
+        default=defaults.pipeline.datamanager.train_num_rays_per_batch,
+        help=f"input-view rays per iteration (default {defaults.pipeline.datamanager.train_num_rays_per_batch})",
+    )
+    parser.add_argument(
+        "--vldm-steps",
+        type=int,
+        default=AUTHORS_SAMPLING_STEPS,
+        help=f"PLMS steps of the VLDM baseline (default {AUTHORS_SAMPLING_STEPS}, the authors')",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the trainings and the VLDM noise (default 0)")
-    parser.add_argument("--lpips-vgg-weights", type=Path, default=None,
-                        help="local VGG-16 trunk (vgg16-397923af.pth) for the LPIPS metric and loss "
-                        "(default: torchvision's cache, if it holds the file)")
-    parser.add_argument("--use-perceptual-loss", choices=("auto", "on", "off"), default="auto",
-                        help="SparseFusion's LPIPS loss: auto = on when LPIPS-VGG's weights are found (the paper's)")
+    parser.add_argument(
+        "--lpips-vgg-weights",
+        type=Path,
+        default=None,
+        help="local VGG-16 trunk (vgg16-397923af.pth) for the LPIPS metric and loss "
+        "(default: torchvision's cache, if it holds the file)",
+    )
+    parser.add_argument(
+        "--use-perceptual-loss",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="SparseFusion's LPIPS loss: auto = on when LPIPS-VGG's weights are found (the paper's)",
+    )
     parser.add_argument("--figure-scenes", type=int, default=3, help="scenes in comparison.png (default 3)")
     parser.add_argument("--figure-views", type=int, default=2, help="held-out views per scene in it (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--overwrite", action="store_true", help="delete this script's earlier outputs and start afresh")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete this script's earlier outputs and start afresh"
+    )
     return parser.parse_args(argv)
 
 
@@ -385,7 +414,9 @@ def load_scene(settings: Settings, output: Path, name: str, device: str) -> Scen
 
 
 def cost_record(cost: TeacherCost) -> Dict[str, float]:
-    return {name: (round(value, 3) if name == "teacher_seconds" else int(value)) for name, value in cost.as_dict().items()}
+    return {
+        name: (round(value, 3) if name == "teacher_seconds" else int(value)) for name, value in cost.as_dict().items()
+    }
 
 
 def evaluation_record(method: str, scene: Scene, evaluation: ViewsEvaluation) -> Dict:
@@ -516,8 +547,9 @@ class Runner:
                     record, evaluation = self.baseline_stage(scene, method)
                 record["cpu_seconds"] = round(time.process_time() - cpu_start, 3)
                 if figure:
-                    save_figure_renders(self.scene_dir(name) / "figure", method, scene, evaluation,
-                                        self.settings.figure_views)
+                    save_figure_renders(
+                        self.scene_dir(name) / "figure", method, scene, evaluation, self.settings.figure_views
+                    )
                 self.write(name, method, record)
                 self.progress.update(self.overall, eta=self.eta())
             self.progress.advance(self.overall)
@@ -538,8 +570,10 @@ class Runner:
         evaluate_seconds = time.perf_counter() - start
         phases = {"all": (0, settings.iterations - 1)}
         if method == "sparsefusion":
-            phases.update(bootstrap=(0, settings.bootstrap_iterations),
-                          diffusion=(settings.bootstrap_iterations + 1, settings.iterations - 1))
+            phases.update(
+                bootstrap=(0, settings.bootstrap_iterations),
+                diffusion=(settings.bootstrap_iterations + 1, settings.iterations - 1),
+            )
 
         def per_phase(seconds: Dict[int, float]) -> Dict[str, Optional[float]]:
             means = {phase: mean_seconds(seconds, *steps) for phase, steps in phases.items()}
@@ -573,13 +607,17 @@ class Runner:
         if method == "eft":
             baseline = EFTBaseline.for_scene(self.teacher, scene.datamanager)
         else:
-            baseline = VLDMBaseline.for_scene(self.teacher, scene.datamanager, self.settings.vldm_steps, self.settings.seed)
+            baseline = VLDMBaseline.for_scene(
+                self.teacher, scene.datamanager, self.settings.vldm_steps, self.settings.seed
+            )
         renderer: ViewRenderer = baseline
         update = self.begin(scene.name, method, f"evaluating {LABELS[method]}", len(scene.views))
         evaluation = evaluate_views(renderer, scene.views, self.lpips, on_view=update)
         total = time.perf_counter() - start
         record = evaluation_record(method, scene, evaluation)
-        record.update(wall_seconds={"evaluate": round(total, 3), "total": round(total, 3)}, teacher=cost_record(baseline.cost))
+        record.update(
+            wall_seconds={"evaluate": round(total, 3), "total": round(total, 3)}, teacher=cost_record(baseline.cost)
+        )
         return record, evaluation
 
 
@@ -618,7 +656,8 @@ def summarize(results: Dict[str, Dict[str, Dict]]) -> Dict[str, Dict]:
                 entry[name] = dict(zip(("mean", "std"), _mean_std(values)))
         for name in ("unet_evals", "vae_encodes", "vae_decodes", "eft_queries", "teacher_seconds"):
             entry[f"teacher_{name}" if not name.startswith("teacher") else name] = _mean_std(
-                [r["teacher"][name] for r in records])[0]
+                [r["teacher"][name] for r in records]
+            )[0]
         entry["wall_seconds"] = _mean_std([r["wall_seconds"]["total"] for r in records])[0]
         if method in ("nerf", "sparsefusion"):
             entry["train_seconds"] = _mean_std([r["wall_seconds"]["train"] for r in records])[0]
@@ -663,7 +702,8 @@ def markdown(settings: Settings, scenes: List[str], results: Dict, summary: Dict
         "",
         f"    {command}",
         "",
-        "| method | PSNR ↑ | SSIM ↑ |" + (" LPIPS ↓ |" if lpips_on else "")
+        "| method | PSNR ↑ | SSIM ↑ |"
+        + (" LPIPS ↓ |" if lpips_on else "")
         + " teacher UNet evaluations / scene | teacher s / scene | wall s / scene |",
         "|---|---|---|" + ("---|" if lpips_on else "") + "---|---|---|",
     ]
@@ -737,7 +777,9 @@ def comparison_picture(output: Path, settings: Settings, scenes: List[Scene]) ->
             labels.append(f"{scene.name}\nframe {view.frame_index}")
     if not rows:
         return None
-    columns = [f"input {k + 1}" for k in range(settings.num_input_views)] + [LABELS[m] for m in METHODS] + ["ground truth"]
+    columns = (
+        [f"input {k + 1}" for k in range(settings.num_input_views)] + [LABELS[m] for m in METHODS] + ["ground truth"]
+    )
     path = output / "comparison.png"
     with atomic_path(path) as temporary:
         stack_rows(rows, columns, CELL_WIDTH, labels, row_label_width=100).save(temporary, format="PNG")
@@ -815,14 +857,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     scenes = choose_scenes(args)
     output = args.output
     prepare_output(output, settings, args.overwrite)
-    command = " ".join(["python", "benchmarks/mini_category_comparison.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        ["python", "benchmarks/mini_category_comparison.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     started = time.perf_counter()
     CONSOLE.rule(f"SparseFusion vs baselines: {len(scenes)} {escape(args.category)} scenes, V = {args.num_input_views}")
     figure_scenes: List[Scene] = []
 
     def reports() -> None:
         if not figure_scenes:  # the picture's scenes, loaded once (their views and input images)
-            figure_scenes.extend(load_scene(settings, output, name, device) for name in scenes[: settings.figure_scenes])
+            figure_scenes.extend(
+                load_scene(settings, output, name, device) for name in scenes[: settings.figure_scenes]
+            )
         write_reports(output, settings, scenes, figure_scenes, command, teacher_info)
 
     progress = Progress(
@@ -846,13 +892,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for method in METHODS:
         entry = summary[method]
         fmt = lambda name, d: f"{entry[name]['mean']:.{d}f} ± {entry[name]['std']:.{d}f}" if name in entry else "—"  # noqa: E731
-        table.add_row(LABELS[method], fmt("psnr", 2), fmt("ssim", 3), fmt("lpips", 3),
-                      f"{entry['teacher_unet_evals'] or 0:,.0f}", f"{entry['wall_seconds'] or 0:.1f}")
+        table.add_row(
+            LABELS[method],
+            fmt("psnr", 2),
+            fmt("ssim", 3),
+            fmt("lpips", 3),
+            f"{entry['teacher_unet_evals'] or 0:,.0f}",
+            f"{entry['wall_seconds'] or 0:.1f}",
+        )
     CONSOLE.print(table)
     CONSOLE.rule("Written")
-    for name, what in (("results.md", "summary table and schedule"), ("results.json", "everything, per view"),
-                       ("comparison.png", "inputs | NeRF | EFT | VLDM | SparseFusion | ground truth"),
-                       ("runs", "the trained runs (config.yml + checkpoint each)"), ("scenes", "per-scene results")):
+    for name, what in (
+        ("results.md", "summary table and schedule"),
+        ("results.json", "everything, per view"),
+        ("comparison.png", "inputs | NeRF | EFT | VLDM | SparseFusion | ground truth"),
+        ("runs", "the trained runs (config.yml + checkpoint each)"),
+        ("scenes", "per-scene results"),
+    ):
         if (output / name).exists():
             CONSOLE.print(f"  {escape(str(output / name))}: {what}")
     CONSOLE.print(f"Total time this session: {_duration(time.perf_counter() - started)}")

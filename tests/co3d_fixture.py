@@ -152,7 +152,9 @@ def _orbit(config: Co3dFixtureConfig, rng: np.random.Generator) -> List[Co3dView
          np.cos(elevation) * np.cos(azimuths)], axis=-1,
     )  # fmt: skip
     R, T = look_at_pytorch3d(torch.as_tensor(eyes), torch.as_tensor(target), torch.tensor([0.0, 1.0, 0.0]).double())
-    return [Co3dViewpoint(R=r.numpy(), T=t.numpy(), focal_length=focal, principal_point=principal) for r, t in zip(R, T)]
+    return [
+        Co3dViewpoint(R=r.numpy(), T=t.numpy(), focal_length=focal, principal_point=principal) for r, t in zip(R, T)
+    ]
 
 
 def write_co3d_fixture(root: Path, config: Co3dFixtureConfig = Co3dFixtureConfig()) -> Co3dFixture:

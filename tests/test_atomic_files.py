@@ -58,7 +58,9 @@ def test_outputs_get_the_users_umask(tmp_path, umask_027):
 def test_teacher_files_get_the_users_umask(tmp_path, umask_027):
     folder = Teacher.tiny(seed=0).save_pretrained(tmp_path / "teacher")
     modes = {path.name: mode(path) for path in folder.iterdir()}
-    assert modes == dict.fromkeys(["eft.safetensors", "teacher_config.json", "unet.safetensors", "vae.safetensors"], umask_027)
+    assert modes == dict.fromkeys(
+        ["eft.safetensors", "teacher_config.json", "unet.safetensors", "vae.safetensors"], umask_027
+    )
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")

@@ -236,8 +236,12 @@ def test_worked_example_of_docs_cameras_md():
     scale, resized_hw = resize_geometry((box.height, box.width), 256)
     assert resized_hw == (192, 256) and scale == pytest.approx(256 / 520)
     focal, principal = crop_resize_intrinsics(
-        torch.tensor([3.2, 3.2], dtype=torch.float64), torch.tensor([0.05, -0.02], dtype=torch.float64),
-        (900, 1200), box, scale, 256,
+        torch.tensor([3.2, 3.2], dtype=torch.float64),
+        torch.tensor([0.05, -0.02], dtype=torch.float64),
+        (900, 1200),
+        box,
+        scale,
+        256,
     )
     # The docs quote 4 to 5 significant digits.
     assert focal.tolist() == pytest.approx([5.5385, 5.5385], abs=1e-4)

@@ -37,7 +37,7 @@ PAYLOADS = [
     "!!python/object/apply:os.system ['touch {marker}']",
     "!!python/object/new:subprocess.Popen [['touch', '{marker}']]",
     "!!python/object/apply:nerfstudio.utils.scripts.run_command ['touch {marker}']",
-    "!!python/object/apply:builtins.exec ['open(\"{marker}\", \"w\")']",
+    '!!python/object/apply:builtins.exec [\'open("{marker}", "w")\']',
     "!!python/name:os.system ''",
     "!!python/module:os ''",
 ]

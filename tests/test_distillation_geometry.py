@@ -148,6 +148,7 @@ def test_elevation_jitter_is_bounded_and_keeps_distance_and_azimuth():
     assert float(change.abs().max()) <= jitter + 1e-4
     assert float(change.abs().max()) > 0.5 * jitter  # 40 uniform draws: it does jitter
     torch.testing.assert_close((after - pivot).norm(dim=-1), (before - pivot).norm(dim=-1), atol=1e-4, rtol=0)
+
     # the jitter moves a camera within the vertical plane through the pivot: azimuth unchanged
     def horizontal(x: torch.Tensor) -> torch.Tensor:
         offsets = x - pivot

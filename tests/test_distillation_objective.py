@@ -98,7 +98,9 @@ def test_l1_weight_is_one_minus_alpha_cumprod(teacher, t, alpha_cumprod):
     rgb, opacity = _render(teacher, 0)
     sampler = PLMSSampler(PLMSSamplerConfig(max_steps=4), teacher.schedule)
     target = denoised_target(teacher, sampler, rgb, _features(teacher), t, torch.Generator().manual_seed(0))
-    assert target.alpha_cumprod == pytest.approx(alpha_cumprod, abs=1e-3)  # docs/method.md#noise-schedule gives 3 decimals
+    assert target.alpha_cumprod == pytest.approx(
+        alpha_cumprod, abs=1e-3
+    )  # docs/method.md#noise-schedule gives 3 decimals
     losses = diffusion_losses(rgb, opacity, target, DistillationConfig(), lpips=None)
     expected = (1 - alpha_cumprod) * (rgb - target.image).abs().mean()
     assert float(losses["novel_l1_loss"].detach()) == pytest.approx(float(expected.detach()), rel=2e-3)
@@ -219,4 +221,3 @@ def test_random_stream_continues_across_a_state_round_trip():
     restored.load_state_dict(state.state_dict())
     torch.testing.assert_close(torch.rand(4, generator=restored.generator()), expected, rtol=0, atol=0)
     assert restored.rng_state.dtype == torch.uint8
-

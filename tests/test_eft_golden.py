@@ -86,8 +86,7 @@ def test_state_dict_matches_released_checkpoint(shared_dir):
     with torch.device("meta"):
         model = EpipolarFeatureTransformer(EFTConfig.full())
     ours = [
-        (key, list(value.shape), str(value.dtype).removeprefix("torch."))
-        for key, value in model.state_dict().items()
+        (key, list(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in model.state_dict().items()
     ]
     assert ours == [(e["key"], e["shape"], e["dtype"]) for e in entries]
     assert len(ours) == 278
@@ -181,9 +180,7 @@ def test_golden_batch_statistics_quirk(golden_model, goldens):
 def test_ray_chunking_does_not_change_results(golden_model, goldens, rays_per_chunk):
     _, full = goldens
     with torch.no_grad():
-        out = golden_model(
-            full["in.images"], _cameras(full), *_rays(full), rays_per_chunk=rays_per_chunk
-        )
+        out = golden_model(full["in.images"], _cameras(full), *_rays(full), rays_per_chunk=rays_per_chunk)
     # chunks change only BLAS batch sizes: float32 round-off, within the goldens' atol
     assert_close(out.features, full["out.features"].reshape(8, -1), ATOL_FEATURES)
     assert_close(out.rgb, full["out.rgb"].reshape(8, 3), ATOL_RGB)
@@ -295,7 +292,9 @@ def test_eft_runs_under_bfloat16_autocast():
     eft = EpipolarFeatureTransformer(config).eval()
     views = 2
     angle = torch.tensor(0.3)
-    rotation = torch.tensor([[torch.cos(angle), 0, torch.sin(angle)], [0, 1, 0], [-torch.sin(angle), 0, torch.cos(angle)]])
+    rotation = torch.tensor(
+        [[torch.cos(angle), 0, torch.sin(angle)], [0, 1, 0], [-torch.sin(angle), 0, torch.cos(angle)]]
+    )
     cameras = NDCCameras(
         R=torch.stack([torch.eye(3), rotation]),
         T=torch.tensor([[0.0, 0.0, 6.0], [0.0, 0.0, 6.0]]),

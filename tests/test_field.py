@@ -11,7 +11,9 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from sparsefusion_ns.field.hash_grid import HashGridLayout
 from sparsefusion_ns.field.sparsefusion_field import SparseFusionField, SparseFusionFieldConfig
 
-TINY = SparseFusionFieldConfig(grid=HashGridLayout(num_levels=4, log2_hashmap_size=10, max_resolution=64), hidden_dim=16)
+TINY = SparseFusionFieldConfig(
+    grid=HashGridLayout(num_levels=4, log2_hashmap_size=10, max_resolution=64), hidden_dim=16
+)
 
 
 def samples_at(positions: torch.Tensor) -> RaySamples:

@@ -13,9 +13,15 @@ from sparsefusion_ns.field.hash_grid import HashGridEncoding, HashGridLayout, ha
 SMALL = HashGridLayout(num_levels=4, features_per_level=2, log2_hashmap_size=9, base_resolution=4, max_resolution=64)
 LAYOUTS = {
     "dense and hashed levels": SMALL,
-    "one level": HashGridLayout(num_levels=1, features_per_level=2, log2_hashmap_size=9, base_resolution=6, max_resolution=6),
-    "1 feature, hashed": HashGridLayout(num_levels=3, features_per_level=1, log2_hashmap_size=6, base_resolution=8, max_resolution=32),
-    "4 features, dense": HashGridLayout(num_levels=3, features_per_level=4, log2_hashmap_size=16, base_resolution=4, max_resolution=16),
+    "one level": HashGridLayout(
+        num_levels=1, features_per_level=2, log2_hashmap_size=9, base_resolution=6, max_resolution=6
+    ),
+    "1 feature, hashed": HashGridLayout(
+        num_levels=3, features_per_level=1, log2_hashmap_size=6, base_resolution=8, max_resolution=32
+    ),
+    "4 features, dense": HashGridLayout(
+        num_levels=3, features_per_level=4, log2_hashmap_size=16, base_resolution=4, max_resolution=16
+    ),
 }
 """Layouts covering both index rules, a single level and several feature widths."""
 

@@ -28,7 +28,10 @@ def test_prepare_output_folder(tmp_path):
     (folder / "sub").mkdir(parents=True)
     (folder / "result.json").write_text("old")
     (folder / "notes.txt").write_text("mine")
-    with pytest.raises(OutputFolderNotEmptyError, match=r"tool --out .*full is not empty \(it holds notes.txt, result.json, sub/\).*--overwrite"):
+    with pytest.raises(
+        OutputFolderNotEmptyError,
+        match=r"tool --out .*full is not empty \(it holds notes.txt, result.json, sub/\).*--overwrite",
+    ):
         prepare_output_folder(folder, False, "tool --out", own_outputs=("result.json",))
     assert (folder / "result.json").read_text() == "old"
     prepare_output_folder(folder, True, "tool --out", own_outputs=("result.json",))

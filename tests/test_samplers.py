@@ -277,9 +277,7 @@ def _run_golden(golden_unet, golden_plms, run, t, quirks, **start):
         noise = noise[1:]  # noise_used[0] made x_t
     else:
         start = {"x_start": golden_plms[f"in.{run}.x_start"]}
-    return sampler.sample(
-        golden_unet, golden_plms[f"in.{run}.cond_images"], t, noise=noise, record_steps=True, **start
-    )
+    return sampler.sample(golden_unet, golden_plms[f"in.{run}.cond_images"], t, noise=noise, record_steps=True, **start)
 
 
 def test_golden_plms_t0p5_with_every_step(golden_unet, golden_plms):

@@ -61,7 +61,9 @@ def test_non_finite_co3d_viewpoints_name_the_frame():
         return Co3dFrame("seq", number, 0.0, f"hydrant/seq/images/frame{number:06d}.jpg", (8, 8), viewpoint)
 
     check_viewpoints([frame(0, 2.0), frame(1, 2.0)], "sequence seq")
-    with pytest.raises(Co3dFormatError, match=r"Frame 1 \(hydrant/seq/images/frame000001.jpg\) of sequence seq has NaN"):
+    with pytest.raises(
+        Co3dFormatError, match=r"Frame 1 \(hydrant/seq/images/frame000001.jpg\) of sequence seq has NaN"
+    ):
         check_viewpoints([frame(0, 2.0), frame(1, float("nan"))], "sequence seq")
 
 
@@ -89,7 +91,9 @@ def test_a_mask_of_another_size_is_an_error_naming_both_files(tmp_path):
     Image.new("L", (12, 8), 255).save(scene / "images" / "frame_003_mask.png")
     dataset = MaskedImageDataset(outputs(scene, input_views=(0, 3)))
     assert dataset[0]["fg_mask"].shape == (16, 16, 1)
-    with pytest.raises(MaskSizeError, match=r"frame_003_mask.png is 12×8 pixels but its image .*frame_003.png is 16×16"):
+    with pytest.raises(
+        MaskSizeError, match=r"frame_003_mask.png is 12×8 pixels but its image .*frame_003.png is 16×16"
+    ):
         dataset[1]
 
 
@@ -97,7 +101,10 @@ def test_masks_given_for_only_some_frames_are_an_error(tmp_path):
     scene = scene_with_mask_files(tmp_path / "scene")
     edit_frame(scene, 2, lambda entry: entry.pop("mask_path"))
     edit_frame(scene, 5, lambda entry: entry.pop("mask_path"))
-    with pytest.raises(SceneFormatError, match=r"4 frames .* give a 'mask_path' but frames 2 \(frame_002.png\), 5 \(frame_005.png\) do not"):
+    with pytest.raises(
+        SceneFormatError,
+        match=r"4 frames .* give a 'mask_path' but frames 2 \(frame_002.png\), 5 \(frame_005.png\) do not",
+    ):
         outputs(scene, input_views=(0, 3))
 
 
@@ -150,7 +157,9 @@ def test_camera_checks_name_the_frames(tmp_path):
             entry["transform_matrix"][row][0] *= 2.0
 
     edit_frame(scene, 3, scale_rotation)
-    with pytest.raises(SceneFormatError, match=r"frame 3 \(frame_003.png\) of .*transforms.json: rotations that are not proper"):
+    with pytest.raises(
+        SceneFormatError, match=r"frame 3 \(frame_003.png\) of .*transforms.json: rotations that are not proper"
+    ):
         outputs(scene, input_views=(0, 3), camera_check="error")
 
 

@@ -101,7 +101,7 @@ def test_the_shipped_vae_stage_is_the_recipes_and_reconstructs_unseen_instances(
     report = json.loads((SHIPPED_VAE_RUN / "vae_report.json").read_text())
     recipe_steps = int(re.search(r"--stage vae.*?--max-steps (\d+)", RECIPE.read_text(), re.S).group(1))
     assert report["steps"] == recipe_steps
-    assert f'--vae-stage.reconstruction-loss {report["training_config"]["vae_stage"]["reconstruction_loss"]}' in (
+    assert f"--vae-stage.reconstruction-loss {report['training_config']['vae_stage']['reconstruction_loss']}" in (
         RECIPE.read_text()
     )
     config = replace(TeacherConfig.mini().vae, scaling_factor=report["scaling_factor"])

@@ -40,7 +40,9 @@ from sparsefusion_ns.teacher_training.config import DataConfig
 from sparsefusion_ns.teacher_training.scenes import Co3dScenes
 from tests.torch_threads import torch_threads
 
-SMALL = dict(num_train=3, num_dev=1, num_test=2, train_frames=11, test_frames=10, progress=False)  # > 10 frames: see Co3dScenes
+SMALL = dict(
+    num_train=3, num_dev=1, num_test=2, train_frames=11, test_frames=10, progress=False
+)  # > 10 frames: see Co3dScenes
 
 
 def make(root: Path, **overrides) -> MakeCategoryConfig:
@@ -83,7 +85,9 @@ def test_primitives_hit_where_geometry_says():
     np.testing.assert_allclose(normals, [[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], atol=1e-12)
     # A cylinder along y: side hit and cap hit.
     cylinder = Cylinder((0.0, 0.0, 0.0), (0.0, 2.0, 0.0), 0.5)
-    t, normals = cylinder.intersect(np.array([[3.0, 1.0, 0.0], [0.1, 5.0, 0.0]]), np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))
+    t, normals = cylinder.intersect(
+        np.array([[3.0, 1.0, 0.0], [0.1, 5.0, 0.0]]), np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    )
     np.testing.assert_allclose(t, [2.5, 3.0], atol=1e-12)
     np.testing.assert_allclose(normals, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-12)
 

@@ -152,7 +152,9 @@ def test_weights_holding_nan_are_refused(saved_folder, tmp_path):
     tensors["final_conv.weight"][0, 0] = float("nan")
     tensors["final_conv.bias"][:] = float("inf")
     safetensors.torch.save_file(tensors, folder / "unet.safetensors")
-    with pytest.raises(ValueError, match=r"nan/unet\.safetensors holds NaN or infinite values in 2 tensor\(s\): final_conv"):
+    with pytest.raises(
+        ValueError, match=r"nan/unet\.safetensors holds NaN or infinite values in 2 tensor\(s\): final_conv"
+    ):
         Teacher.from_pretrained(folder)
 
 

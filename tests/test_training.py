@@ -35,7 +35,9 @@ def test_methods_are_registered_with_nerfstudio():
     for method in ("sparsefusion", "sparsefusion-tiny"):
         result = subprocess.run(
             [sys.executable, "-m", "nerfstudio.scripts.train", method, "--help"],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "--pipeline.model.num-importance-samples" in result.stdout
@@ -116,8 +118,19 @@ def test_eval_setup_and_ns_eval_reload_the_checkpoint(trained, tmp_path):
     output = tmp_path / "eval.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "empty_torch_home")}
     result = subprocess.run(
-        [sys.executable, "-m", "nerfstudio.scripts.eval", "--load-config", str(config_path), "--output-path", str(output)],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "nerfstudio.scripts.eval",
+            "--load-config",
+            str(config_path),
+            "--output-path",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     results = json.loads(output.read_text())["results"]

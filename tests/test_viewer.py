@@ -190,8 +190,10 @@ def test_browser_renders_scene(chromium: str, viewer: RunningViewer, tmp_path: P
             wait_until(
                 object_visible,
                 OBJECT_TIMEOUT_S,
-                lambda: f"the object never appeared in the 3D view: (s, stats, coloured) {history}; "
-                f"{viewer.training.describe()}",
+                lambda: (
+                    f"the object never appeared in the 3D view: (s, stats, coloured) {history}; "
+                    f"{viewer.training.describe()}"
+                ),
                 poll_s=3.0,
             )
         finally:

@@ -12,7 +12,9 @@ from sparsefusion_ns.model.volume_sampling import ImportanceSampling, nerfacc_cu
 
 def rays(n: int, device="cpu") -> RayBundle:
     origins = torch.tensor([[0.0, 0.0, -3.0]], device=device).repeat(n, 1)
-    directions = torch.nn.functional.normalize(torch.randn(n, 3, device=device) * 0.1 + torch.tensor([0, 0, 1.0], device=device), dim=-1)
+    directions = torch.nn.functional.normalize(
+        torch.randn(n, 3, device=device) * 0.1 + torch.tensor([0, 0, 1.0], device=device), dim=-1
+    )
     ones = torch.ones(n, 1, device=device)
     return RayBundle(origins=origins, directions=directions, pixel_area=ones, nears=ones * 1.0, fars=ones * 5.0)
 
@@ -68,13 +70,17 @@ def test_nerfacc_compositing_matches_torch_forward_and_gradients(n, s):
         frustums=Frustums(
             origins=bundle.origins[:, None].expand(n, s, 3),
             directions=bundle.directions[:, None].expand(n, s, 3),
-            starts=starts, ends=ends, pixel_area=torch.ones(n, s, 1, device="cuda"),
+            starts=starts,
+            ends=ends,
+            pixel_area=torch.ones(n, s, 1, device="cuda"),
         )
     )
     weights_torch = samples.get_weights(density)[..., 0]
     ray_indices = torch.arange(n, device="cuda").repeat_interleave(s)
     weights_nerfacc = nerfacc.render_weight_from_density(
-        t_starts=starts.reshape(-1), t_ends=ends.reshape(-1), sigmas=density.reshape(-1),
+        t_starts=starts.reshape(-1),
+        t_ends=ends.reshape(-1),
+        sigmas=density.reshape(-1),
         packed_info=nerfacc.pack_info(ray_indices, n),
     )[0].view(n, s)
     # Both are float32 exclusive cumulative products; differences are round-off (~1e-6).

@@ -40,9 +40,7 @@ def look_at_pytorch3d(
     return R, T
 
 
-def nearest_point_to_lines(
-    origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"]
-) -> Float[Tensor, "3"]:
+def nearest_point_to_lines(origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"]) -> Float[Tensor, "3"]:
     """The point with the least summed squared distance to the lines ``o_i + s d_i``.
 
     Solves ``Σ_i P_i x = Σ_i P_i o_i`` with ``P_i = I − d̂_i d̂_iᵀ`` (the projector orthogonal to line

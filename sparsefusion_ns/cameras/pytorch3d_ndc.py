@@ -113,9 +113,7 @@ class NDCCameras:
         """Camera centres in world coordinates, ``C = -T @ R.T``."""
         return -torch.einsum("nj,nij->ni", self.T, self.R)
 
-    def world_to_view(
-        self, points: Float[Tensor, "p 3"] | Float[Tensor, "n p 3"]
-    ) -> Float[Tensor, "n p 3"]:
+    def world_to_view(self, points: Float[Tensor, "p 3"] | Float[Tensor, "n p 3"]) -> Float[Tensor, "n p 3"]:
         """``X_view = X_world @ R + T`` for every camera; (P, 3) points are shared by all."""
         points = self._broadcast_points(points)
         return torch.bmm(points, self.R) + self.T[:, None, :]
@@ -144,9 +142,7 @@ class NDCCameras:
         matrix[:, 2, 3] = 1.0
         return matrix
 
-    def transform_points_ndc(
-        self, points: Float[Tensor, "p 3"] | Float[Tensor, "n p 3"]
-    ) -> Float[Tensor, "n p 3"]:
+    def transform_points_ndc(self, points: Float[Tensor, "p 3"] | Float[Tensor, "n p 3"]) -> Float[Tensor, "n p 3"]:
         """Project world points to ``(fx x/z + px, fy y/z + py, 1/z)`` in every camera.
 
         Computed as PyTorch3D does (and as the reference data was produced): the homogeneous
@@ -172,19 +168,14 @@ class NDCCameras:
         T_query = self.T[index]
         R_rel = torch.einsum("ji,njk->nik", R_query, self.R)
         T_rel = self.T - torch.einsum("j,njk->nk", T_query, R_rel)
-        return NDCCameras(
-            R=R_rel, T=T_rel, focal_length=self.focal_length, principal_point=self.principal_point
-        )
+        return NDCCameras(R=R_rel, T=T_rel, focal_length=self.focal_length, principal_point=self.principal_point)
 
     def _broadcast_points(self, points: Tensor) -> Tensor:
         if points.dim() == 2:
             return points[None].expand(len(self), -1, -1)
         if points.dim() == 3 and points.shape[0] in (1, len(self)):
             return points.expand(len(self), -1, -1)
-        raise ValueError(
-            f"points must be (P, 3) or (n, P, 3) with n = {len(self)} cameras; "
-            f"got {tuple(points.shape)}"
-        )
+        raise ValueError(f"points must be (P, 3) or (n, P, 3) with n = {len(self)} cameras; got {tuple(points.shape)}")
 
 
 def ndc_ray_grid(grid_size: int, image_size: int) -> Float[Tensor, "g g 2"]:

@@ -264,4 +264,3 @@ def preprocess_frame(root: Path, frame: Co3dFrame, settings: Co3dPreprocessing =
         torch.from_numpy(viewpoint.principal_point).to(torch.float64),
         settings,
     )
-

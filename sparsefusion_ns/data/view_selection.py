@@ -52,9 +52,7 @@ def select_input_views(
             raise ViewSelectionError(f"Input view indices {list(indices)} for {source} contain duplicates.")
     elif count is not None:
         if count > num_frames:
-            raise ViewSelectionError(
-                f"{count} input views were asked for but {source} has only {num_frames} frames."
-            )
+            raise ViewSelectionError(f"{count} input views were asked for but {source} has only {num_frames} frames.")
         rng = np.random.default_rng(seed)
         chosen = [int(i) for i in rng.permutation(num_frames)[:count]]
     else:

@@ -55,8 +55,7 @@ def bootstrap_losses(
     silhouette = eft_silhouette(eft_rgb, config.eft_silhouette_threshold)
     return {
         "novel_rgb_loss": config.bootstrap_rgb_weight * pseudo_huber(render_rgb, eft_rgb, huber_scale).mean(),
-        "novel_mask_loss": config.bootstrap_mask_weight
-        * pseudo_huber(render_opacity, silhouette, huber_scale).mean(),
+        "novel_mask_loss": config.bootstrap_mask_weight * pseudo_huber(render_opacity, silhouette, huber_scale).mean(),
         "novel_opacity_loss": config.opacity_weight * opacity_regulariser(render_opacity),
     }
 

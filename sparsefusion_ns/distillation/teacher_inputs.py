@@ -214,9 +214,7 @@ def training_mismatches(outputs: DataparserOutputs, size: int, training: DataCon
     return problems
 
 
-def teacher_inputs(
-    datamanager: VanillaDataManager, size: int, training: Optional[DataConfig] = None
-) -> TeacherInputs:
+def teacher_inputs(datamanager: VanillaDataManager, size: int, training: Optional[DataConfig] = None) -> TeacherInputs:
     """The input views as the teacher saw its training frames: S×S images and their cameras.
 
     ``training`` is the teacher's training data config (``DataConfig.of_teacher``; the default is the

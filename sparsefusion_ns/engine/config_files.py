@@ -62,23 +62,28 @@ def _importable(module: str) -> bool:
     scripts, which are never part of a config), torch's optimisers, pathlib and operator."""
     if _in_package(module, CONFIG_PACKAGES):
         return "scripts" not in module.split(".")
-    return _in_package(module, CLASS_REFERENCE_MODULES) or _in_package(module, ("pathlib",)) or module in (
-        "_operator",
-        "operator",
+    return (
+        _in_package(module, CLASS_REFERENCE_MODULES)
+        or _in_package(module, ("pathlib",))
+        or module
+        in (
+            "_operator",
+            "operator",
+        )
     )
 
 
 def _is_config_class(value: Any) -> bool:
     return (
-        isinstance(value, type)
-        and dataclasses.is_dataclass(value)
-        and _in_package(value.__module__, CONFIG_PACKAGES)
+        isinstance(value, type) and dataclasses.is_dataclass(value) and _in_package(value.__module__, CONFIG_PACKAGES)
     )
 
 
 def _is_generic_class(value: Any) -> bool:
-    return isinstance(value, type) and hasattr(value, "__class_getitem__") and _in_package(
-        value.__module__, CONFIG_PACKAGES
+    return (
+        isinstance(value, type)
+        and hasattr(value, "__class_getitem__")
+        and _in_package(value.__module__, CONFIG_PACKAGES)
     )
 
 

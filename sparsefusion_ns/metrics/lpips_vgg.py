@@ -99,9 +99,7 @@ class LPIPSVGG(nn.Module):
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
 
-    def forward(
-        self, images: Float[Tensor, "n 3 h w"], references: Float[Tensor, "n 3 h w"]
-    ) -> Float[Tensor, " n"]:
+    def forward(self, images: Float[Tensor, "n 3 h w"], references: Float[Tensor, "n 3 h w"]) -> Float[Tensor, " n"]:
         """Per-image LPIPS distance d(images, references); the distance is symmetric."""
         if images.dim() != 4 or images.shape[1] != 3 or images.shape != references.shape:
             raise ValueError(
@@ -143,9 +141,13 @@ def _cached_torchvision_vgg16() -> Optional[Path]:
 
 
 def _vgg_missing_message(path: Optional[Path]) -> str:
-    where = f"The file {path} does not exist." if path is not None else (
-        f"No path was given and {VGG16_CHECKPOINT_NAME} is not in the torch hub cache "
-        f"({Path(torch.hub.get_dir()) / 'checkpoints'})."
+    where = (
+        f"The file {path} does not exist."
+        if path is not None
+        else (
+            f"No path was given and {VGG16_CHECKPOINT_NAME} is not in the torch hub cache "
+            f"({Path(torch.hub.get_dir()) / 'checkpoints'})."
+        )
     )
     return (
         f"LPIPS-VGG needs the VGG-16 trunk weights: torchvision's ImageNet checkpoint "
@@ -155,8 +157,10 @@ def _vgg_missing_message(path: Optional[Path]) -> str:
 
 
 def _heads_missing_message(path: Optional[Path]) -> str:
-    where = f"The file {path} does not exist." if path is not None else (
-        "No path was given and the `lpips` pip package, which ships it, is not installed."
+    where = (
+        f"The file {path} does not exist."
+        if path is not None
+        else ("No path was given and the `lpips` pip package, which ships it, is not installed.")
     )
     return (
         f"LPIPS-VGG needs the LPIPS v0.1 linear heads for VGG: the file {LPIPS_HEADS_IN_PACKAGE.as_posix()} "

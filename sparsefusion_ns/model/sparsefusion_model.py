@@ -224,7 +224,9 @@ class SparseFusionModel(Model):
         distillation = start_distillation(
             self.config.distillation,
             self.config.teacher,
-            Student(render=self, device=self.device, huber_scale=self.config.huber_scale, state=self.distillation_state),
+            Student(
+                render=self, device=self.device, huber_scale=self.config.huber_scale, state=self.distillation_state
+            ),
             self.lpips_config(),
             last_training_step(attributes.trainer, self._first_training_step),
             attributes,

@@ -81,11 +81,19 @@ def evaluate(config: EvaluateConfig) -> Dict:
         device=model.device,
     )
     views = held_out_views(pipeline.datamanager.eval_dataset)
-    with Progress(TextColumn("[bold]sf-eval"), BarColumn(), TextColumn("{task.completed}/{task.total} views"),
-                  TimeRemainingColumn(), console=CONSOLE) as progress:
+    with Progress(
+        TextColumn("[bold]sf-eval"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} views"),
+        TimeRemainingColumn(),
+        console=CONSOLE,
+    ) as progress:
         task = progress.add_task("views", total=len(views))
         evaluation = evaluate_views(
-            field_renderer(model), views, lpips, masked=not config.unmasked,
+            field_renderer(model),
+            views,
+            lpips,
+            masked=not config.unmasked,
             on_view=lambda done: progress.update(task, completed=done),
         )
 

@@ -230,7 +230,9 @@ def _rotate_about(vector: np.ndarray, axis: np.ndarray, angle: float) -> np.ndar
     )
 
 
-def make_sequence(seed: int, index: int, name: str, role: str, num_frames: int, config: CaptureConfig) -> SequenceCapture:
+def make_sequence(
+    seed: int, index: int, name: str, role: str, num_frames: int, config: CaptureConfig
+) -> SequenceCapture:
     """Instance ``index`` of the category for ``seed`` and its capture (deterministic)."""
     rng = np.random.default_rng([seed, index])
     scene, centre = make_instance(rng, config.world_offset)

@@ -105,7 +105,9 @@ def stored_viewpoint(viewpoint: Co3dViewpoint, image_size_hw: Tuple[int, int], i
     )
 
 
-def write_sequence_frames(root: Path, category: str, capture: SequenceCapture, options: FrameOptions) -> List[Co3dFrame]:
+def write_sequence_frames(
+    root: Path, category: str, capture: SequenceCapture, options: FrameOptions
+) -> List[Co3dFrame]:
     """Render every frame of ``capture`` into ``{root}/{category}/{name}/`` and return its annotations."""
     root = Path(root)
     folder = root / category / capture.name

@@ -85,9 +85,7 @@ class EFTConfig(DictConfig):
         if self.backbone != "resnet18":
             raise ValueError(f"EFTConfig.backbone={self.backbone!r}: only 'resnet18' is supported")
         if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"EFTConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}"
-            )
+            raise ValueError(f"EFTConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
     @classmethod
     def full(cls) -> EFTConfig:
@@ -136,9 +134,7 @@ class RayTransformer(nn.Module):
     def __init__(self, d_in: int, config: EFTConfig) -> None:
         super().__init__()
         self.pre = nn.Sequential(nn.Linear(d_in, config.d_model), nn.GELU())
-        layer = nn.TransformerEncoderLayer(
-            config.d_model, config.n_heads, config.ff, config.dropout, activation="relu"
-        )
+        layer = nn.TransformerEncoderLayer(config.d_model, config.n_heads, config.ff, config.dropout, activation="relu")
         self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
 
     def forward(self, x: Float[Tensor, "s b e"]) -> Float[Tensor, "s b c"]:
@@ -207,9 +203,7 @@ class EpipolarFeatureTransformer(nn.Module):
         grid = -xy_ndc[:, :, None, :]  # (v, p, 1, 2)
 
         def sample(maps: Tensor) -> Tensor:
-            values = F.grid_sample(
-                maps, grid, mode="bilinear", padding_mode="border", align_corners=True
-            )
+            values = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
             return values[..., 0].transpose(1, 2)  # (v, p, channels)
 
         return torch.cat([sample(latent), sample(images)], dim=-1)
@@ -307,18 +301,12 @@ class EpipolarFeatureTransformer(nn.Module):
         never interact, so chunking does not change the result.
         """
         if len(input_cameras) != input_images.shape[0]:
-            raise ValueError(
-                f"{input_images.shape[0]} input images but {len(input_cameras)} input cameras"
-            )
+            raise ValueError(f"{input_images.shape[0]} input images but {len(input_cameras)} input cameras")
         latent = self.encode(input_images)
         chunk = rays_per_chunk or self.config.rays_per_chunk
         outputs = [
-            self.forward_points(
-                *self.ray_inputs(latent, input_images, input_cameras, o, dirs, t)
-            )
-            for o, dirs, t in zip(
-                origins.split(chunk), directions.split(chunk), lengths.split(chunk)
-            )
+            self.forward_points(*self.ray_inputs(latent, input_images, input_cameras, o, dirs, t))
+            for o, dirs, t in zip(origins.split(chunk), directions.split(chunk), lengths.split(chunk))
         ]
         return EFTOutput(
             rgb=torch.cat([o.rgb for o in outputs]),
@@ -377,9 +365,9 @@ class EpipolarFeatureTransformer(nn.Module):
             g = pixel_grid
             xy = ndc_ray_grid(g, g).to(input_images)  # the half-pixel margin of an n² image: pixel centres
         origins, directions = query_rays(cameras[0], xy)
-        lengths = torch.linspace(
-            float(depth_center) - r, float(depth_center) + r, self.config.n_points_per_ray
-        ).to(input_images)
+        lengths = torch.linspace(float(depth_center) - r, float(depth_center) + r, self.config.n_points_per_ray).to(
+            input_images
+        )
         out = self.forward(
             input_images,
             cameras[1:],

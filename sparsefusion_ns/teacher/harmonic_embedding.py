@@ -40,9 +40,7 @@ class HarmonicEmbedding(nn.Module):
         return torch.cat([scaled.sin(), scaled.cos(), x], dim=-1)
 
 
-def plucker(
-    origins: Float[Tensor, "*batch 3"], directions: Float[Tensor, "*batch 3"]
-) -> Float[Tensor, "*batch 6"]:
+def plucker(origins: Float[Tensor, "*batch 3"], directions: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 6"]:
     """Plücker coordinates ``(d, o x d)`` of rays, with ``d`` the normalised direction."""
     unit = F.normalize(directions, dim=-1)
     return torch.cat([unit, torch.cross(origins, unit, dim=-1)], dim=-1)

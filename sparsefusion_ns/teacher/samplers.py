@@ -178,9 +178,7 @@ class PLMSSamplerConfig:
 class PLMSSampler:
     """The authors' PLMS sampler (module docstring), ε-prediction, no classifier-free guidance."""
 
-    def __init__(
-        self, config: PLMSSamplerConfig | None = None, schedule: CosineLogSNRSchedule | None = None
-    ) -> None:
+    def __init__(self, config: PLMSSamplerConfig | None = None, schedule: CosineLogSNRSchedule | None = None) -> None:
         self.config = config if config is not None else PLMSSamplerConfig()
         self.schedule = schedule if schedule is not None else CosineLogSNRSchedule()
 
@@ -244,9 +242,7 @@ class PLMSSampler:
             elif len(eps_history) == 2:
                 eps_prime = (23 * eps - 16 * eps_history[-1] + 5 * eps_history[-2]) / 12
             else:
-                eps_prime = (
-                    55 * eps - 59 * eps_history[-1] + 37 * eps_history[-2] - 9 * eps_history[-3]
-                ) / 24
+                eps_prime = (55 * eps - 59 * eps_history[-1] + 37 * eps_history[-2] - 9 * eps_history[-3]) / 24
             x = self._posterior_step(x, t_cur, t_next, eps_prime, posterior, stream)
             eps_history = [*eps_history, eps][-3:]
             if record_steps:
@@ -302,9 +298,7 @@ class DDIMSampler:
     clean prediction is DDIM's usual final step. One denoiser evaluation per step.
     """
 
-    def __init__(
-        self, config: DDIMSamplerConfig | None = None, schedule: CosineLogSNRSchedule | None = None
-    ) -> None:
+    def __init__(self, config: DDIMSamplerConfig | None = None, schedule: CosineLogSNRSchedule | None = None) -> None:
         self.config = config if config is not None else DDIMSamplerConfig()
         self.schedule = schedule if schedule is not None else CosineLogSNRSchedule()
 

@@ -196,9 +196,7 @@ def channel_feed_forward(dim: int, mult: float) -> nn.Sequential:
 class TransformerBlock(nn.Module):
     """``depth`` × [x = Attn(x, c) + x; x = FF(x) + x] on a feature map (imagen ``TransformerBlock``)."""
 
-    def __init__(
-        self, dim: int, *, depth: int, heads: int, dim_head: int, ff_mult: float, context_dim: int
-    ) -> None:
+    def __init__(self, dim: int, *, depth: int, heads: int, dim_head: int, ff_mult: float, context_dim: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleList(

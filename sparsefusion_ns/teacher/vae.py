@@ -125,9 +125,7 @@ _LDM_ATTENTION_WEIGHT = re.compile(r"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$")
 def _fragment_regex(fragment: str) -> re.Pattern[str]:
     pieces = _PLACEHOLDER.split(fragment)
     # split() alternates literal text and placeholder names.
-    regex = "".join(
-        re.escape(piece) if index % 2 == 0 else f"(?P<{piece}>\\d+)" for index, piece in enumerate(pieces)
-    )
+    regex = "".join(re.escape(piece) if index % 2 == 0 else f"(?P<{piece}>\\d+)" for index, piece in enumerate(pieces))
     return re.compile(regex)
 
 

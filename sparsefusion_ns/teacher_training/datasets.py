@@ -149,12 +149,16 @@ class QueryContextDataset(Dataset):
             if frame not in loaded:
                 loaded[frame] = self.scenes.load(key.scene, frame)
         frames = [loaded[query], *(loaded[i] for i in context)]
-        cameras = NDCCameras(
-            R=torch.stack([f.R for f in frames]),
-            T=torch.stack([f.T for f in frames]),
-            focal_length=torch.stack([f.focal_length for f in frames]),
-            principal_point=torch.stack([f.principal_point for f in frames]),
-        ).relative_to(0).to(torch.float32)  # in float64 first: the composition stays exact to float32
+        cameras = (
+            NDCCameras(
+                R=torch.stack([f.R for f in frames]),
+                T=torch.stack([f.T for f in frames]),
+                focal_length=torch.stack([f.focal_length for f in frames]),
+                principal_point=torch.stack([f.principal_point for f in frames]),
+            )
+            .relative_to(0)
+            .to(torch.float32)
+        )  # in float64 first: the composition stays exact to float32
 
         # d̄: mean distance of the pool's camera centres from the world origin, in the world frame
         depth_center = float(np.linalg.norm(self.scenes.camera_centers(key.scene, pool), axis=-1).mean())

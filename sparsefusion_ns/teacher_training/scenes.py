@@ -166,8 +166,10 @@ class NerfstudioScenes(SceneCollection):
                 f"scene folder {root} does not exist; --data.root must be a folder of nerfstudio scenes "
                 "(<root>/<scene>/transforms.json) or a single scene (<root>/transforms.json)"
             )
-        files = [root / "transforms.json"] if (root / "transforms.json").is_file() else sorted(
-            root.glob("*/transforms.json")
+        files = (
+            [root / "transforms.json"]
+            if (root / "transforms.json").is_file()
+            else sorted(root.glob("*/transforms.json"))
         )
         if not files:
             raise TrainingDataError(

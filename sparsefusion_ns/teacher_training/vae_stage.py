@@ -116,9 +116,7 @@ class VAETrainingModel(nn.Module):
         self.kl_weight = kl_weight
         self.reconstruction_loss = reconstruction_loss
 
-    def forward(
-        self, images: Float[Tensor, "b 3 s s"], epsilon: Float[Tensor, "b c g g"]
-    ) -> Dict[str, Tensor]:
+    def forward(self, images: Float[Tensor, "b 3 s s"], epsilon: Float[Tensor, "b c g g"]) -> Dict[str, Tensor]:
         """The loss for frames in [0, 1] with the posterior sample's noise ``epsilon``, and its terms for logs."""
         x = 2.0 * images - 1.0
         posterior = self.autoencoder.encode(x).latent_dist
@@ -297,7 +295,9 @@ def train_vae(config: TeacherTrainingConfig) -> Dict[str, Any]:
                     model.eval()
                     truth = previews.to(device)
                     pairs = torch.cat([truth, reconstruct(unwrapped, truth)]).float().cpu()
-                    logger.image(step, make_grid(pairs, nrow=len(truth), padding=1))  # row 1 truth, row 2 reconstruction
+                    logger.image(
+                        step, make_grid(pairs, nrow=len(truth), padding=1)
+                    )  # row 1 truth, row 2 reconstruction
                     model.train()
                 if step % config.checkpoint_every == 0 or step == config.max_steps:
                     save_checkpoint(accelerator, checkpoint_folder(output, step), accelerator.unwrap_model(model), optimizer,
@@ -319,8 +319,9 @@ def train_vae(config: TeacherTrainingConfig) -> Dict[str, Any]:
             "vae_config": replace(vae_config, scaling_factor=scale).to_dict(),
             "scaling_factor": scale,
             "training_frames": len(dataset),
-            "train_reconstruction": reconstruction_psnr(unwrapped, dataset, options.eval_frames,
-                                                        options.batch_size, device),  # fmt: skip
+            "train_reconstruction": reconstruction_psnr(
+                unwrapped, dataset, options.eval_frames, options.batch_size, device
+            ),  # fmt: skip
             "held_out_reconstruction": None,
             "training_config": config.to_json_dict(),
         }
