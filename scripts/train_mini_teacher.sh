@@ -39,7 +39,7 @@ fi
 #    instead of 12, lr 2e-4 halved every 3000 steps instead of 5e-5 every 50k).
 "$BIN/sf-train-teacher" --data.root "$DATA" --data.categories critter --architecture mini \
   --vae "$VAE_RUN/vae" --latent-cache "$RUNS/mini_latents" --output "$RUNS/mini_joint" \
-  --max-steps "${JOINT_STEPS:-7000}" --loss.diffusion-repeats 6 --learning-rate 2e-4 --lr-decay-every 3000 \
+  --max-steps "${JOINT_STEPS:-5000}" --loss.diffusion-repeats 6 --learning-rate 2e-4 --lr-decay-every 3000 \
   --seed 0 --log-every 50 --sample-every 1000 --sample-steps 10 --checkpoint-every 250 --keep-checkpoints 2 \
   --num-workers 1 --cpu --no-progress $(continue_flag "$RUNS/mini_joint")
 
