@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from rich import box, style
+from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
@@ -43,9 +44,12 @@ def print_summary(title: str, rows: Sequence[Row]) -> None:
     CONSOLE.print(summary_panel(title, rows))
 
 
-def progress_bar(description: str, *extra: Union[str, ProgressColumn], disable: bool = False) -> Progress:
-    """``description ━━━━ n/N elapsed ETA`` on nerfstudio's console; ``extra`` columns go before the times."""
+def progress_bar(
+    description: str, *extra: Union[str, ProgressColumn], disable: bool = False, console: Optional[Console] = None
+) -> Progress:
+    """``description ━━━━ n/N elapsed ETA`` on nerfstudio's console (or ``console``); ``extra`` columns
+    (format strings or columns) go before the times."""
     columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
     columns += [TextColumn(column) if isinstance(column, str) else column for column in extra]
     columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*columns, console=CONSOLE, disable=disable)
+    return Progress(*columns, console=console or CONSOLE, disable=disable)
