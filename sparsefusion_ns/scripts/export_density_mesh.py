@@ -44,6 +44,7 @@ from sparsefusion_ns.engine.checkpoints import CheckpointError
 from sparsefusion_ns.engine.config_files import RunConfigError, load_run_config
 from sparsefusion_ns.utils import ply
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
+from sparsefusion_ns.utils.summary import print_summary
 
 if TYPE_CHECKING:
     from nerfstudio.engine.trainer import TrainerConfig
@@ -263,9 +264,18 @@ class ExportDensityMesh:
                 f"density threshold {self.threshold:.6g}, resolution {self.resolution}, half extent {half_extent:g}",
             ),
         )
-        CONSOLE.print(
-            f"[bold green]:white_check_mark: Wrote {len(mesh.vertices)} vertices and {len(mesh.faces)} "
-            f"faces ({self.frame} frame) to {path}"
+        print_summary(
+            "Density Mesh Exported",
+            [
+                (path.name, path),
+                ("Vertices", len(mesh.vertices)),
+                ("Faces", len(mesh.faces)),
+                (
+                    "Surface",
+                    f"σ = {self.threshold:g} on a {self.resolution}³ grid over [-{half_extent:g}, {half_extent:g}]³",
+                ),
+                ("Frame", self.frame),
+            ],
         )
         return path
 
