@@ -79,18 +79,31 @@ class GeometrySettings:
     """What determines the scores; a resumed run must have the same."""
 
     benchmark: str
+    """The comparison folder scored (absolute)."""
     data: str
+    """Category root holding the instances' instance.json (absolute)."""
     category: str
+    """Category name."""
     exports: List[str]
+    """Exports scored, of EXPORTS."""
     threshold_fraction: float
+    """τ of the F-score as a fraction of the true surface's bounding-box diagonal."""
     num_points: int
+    """Points sampled on each surface."""
     seed: int
+    """Seed of the surface samples."""
     tsdf_resolution: int
+    """TSDF voxels per side."""
     orbit_num_per_ring: int
+    """Orbit cameras per ring (TSDF, point cloud)."""
     orbit_elevations_deg: List[float]
+    """One orbit ring per elevation, degrees."""
     orbit_resolution: int
+    """Side of the orbit images; 0: the inputs' height."""
     density_resolution: int
+    """Marching-cubes grid of the density mesh."""
     density_threshold: float
+    """Density σ of the density mesh's surface."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

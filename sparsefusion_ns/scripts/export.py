@@ -156,6 +156,7 @@ class Exporter:
     outputs: Tuple[str, ...] = dataclasses.field(default=(), init=False)
     """Names of the files the subcommand writes."""
     title: str = dataclasses.field(default="Export Complete", init=False)
+    """Title of the summary panel printed at the end."""
 
     def setup(self) -> Tuple[Pipeline, Cameras]:
         """Check the config, prepare the folder, load the run; (pipeline, cameras to render)."""

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 import viser
 import viser.transforms as vtf
+from jaxtyping import Float, UInt8
+from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.viewer.viewer_elements import (
@@ -77,13 +79,13 @@ class ViewerPanelConfig:
     """Whether the pool cameras' frusta start visible; a checkbox in the panel toggles them."""
 
 
-def viser_rotation(camera_to_world: torch.Tensor) -> np.ndarray:
+def viser_rotation(camera_to_world: Float[Tensor, "3 4"]) -> Float[np.ndarray, "4"]:
     """viser's wxyz of a nerfstudio (OpenGL) camera-to-world rotation (viser's cameras are OpenCV's)."""
     rotation = vtf.SO3.from_matrix(camera_to_world[:3, :3].double().cpu().numpy()) @ vtf.SO3.from_x_radians(np.pi)
     return rotation.wxyz
 
 
-def panel_picture(report: StepReport, height: int) -> np.ndarray:
+def panel_picture(report: StepReport, height: int) -> UInt8[np.ndarray, "height width 3"]:
     """[render | target | EFT] as 8-bit RGB, ``height`` pixels high (area-averaged when smaller)."""
     panels = report.panels().detach().float().cpu()[None]
     size = (height, height * 3)
