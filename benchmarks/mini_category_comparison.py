@@ -98,6 +98,7 @@ from sparsefusion_ns.plugin.method_configs import sparsefusion_mini_config
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
+from sparsefusion_ns.utils.summary import print_summary
 
 METHODS = ("nerf", "eft", "vldm", "sparsefusion")
 """Methods in report and picture order."""
@@ -901,17 +902,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             f"{entry['wall_seconds'] or 0:.1f}",
         )
     CONSOLE.print(table)
-    CONSOLE.rule("Written")
-    for name, what in (
-        ("results.md", "summary table and schedule"),
-        ("results.json", "everything, per view"),
-        ("comparison.png", "inputs | NeRF | EFT | VLDM | SparseFusion | ground truth"),
-        ("runs", "the trained runs (config.yml + checkpoint each)"),
-        ("scenes", "per-scene results"),
-    ):
-        if (output / name).exists():
-            CONSOLE.print(f"  {escape(str(output / name))}: {what}")
-    CONSOLE.print(f"Total time this session: {_duration(time.perf_counter() - started)}")
+    written = [
+        (f"{name}: {what}", output / name)
+        for name, what in (
+            ("results.md", "summary table and schedule"),
+            ("results.json", "everything, per view"),
+            ("comparison.png", "inputs | NeRF | EFT | VLDM | SparseFusion | ground truth"),
+            ("runs", "the trained runs (config.yml + checkpoint each)"),
+            ("scenes", "per-scene results"),
+        )
+        if (output / name).exists()
+    ]
+    print_summary("Comparison Finished", [*written, ("Time this session", _duration(time.perf_counter() - started))])
 
 
 if __name__ == "__main__":

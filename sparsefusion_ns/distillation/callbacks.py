@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Literal, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from rich.markup import escape
@@ -47,6 +47,7 @@ from sparsefusion_ns.distillation.objective import (
     sample_start_time,
     upsample,
 )
+from sparsefusion_ns.distillation.progress import DistillationObserver, Phase, StepReport
 from sparsefusion_ns.distillation.state import DistillationState
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
 from sparsefusion_ns.distillation.teacher_inputs import inputs_for_teacher, scene_frame_cameras
@@ -55,8 +56,6 @@ from sparsefusion_ns.metrics import LPIPSVGG, LPIPSConfig, LPIPSWeightsNotFoundE
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 from sparsefusion_ns.teacher_training.config import DataConfig
-
-Phase = Literal["bootstrap", "diffusion"]
 
 
 class TeacherLoadError(RuntimeError):
@@ -125,6 +124,7 @@ class NovelViewStep:
         counters: TeacherCounters,
         lpips: Optional[LPIPSVGG],
         attributes: TrainingCallbackAttributes,
+        observer: Optional[DistillationObserver] = None,
     ) -> None:
         self.student = student
         self.config = config
@@ -147,6 +147,10 @@ class NovelViewStep:
         )
         self.last_losses: Dict[str, Tensor] = {}
         """Step (B)'s weighted loss terms of the latest iteration (detached)."""
+        self.observer = observer
+        """Told about the pool and, when it asks, about iterations (the viewer's panel); None: nobody."""
+        if observer is not None:
+            observer.pool_ready(pool, self.render_cameras)
 
     def render(self, index: int) -> tuple[Tensor, Tensor]:
         """Pool camera ``index`` rendered with gradients, upsampled to S²: (rgb (1,3,S,S), opacity (1,1,S,S))."""
@@ -204,6 +208,20 @@ class NovelViewStep:
             writer.put_image(
                 name="Distillation/render_target_eft", image=torch.cat(panels, dim=-1).permute(1, 2, 0), step=step
             )
+        if self.observer is not None and self.observer.wants_report(step):
+            self.observer.step_done(
+                StepReport(
+                    step=step,
+                    phase=phase_at(step, self.config),
+                    camera_index=index,
+                    camera_kind=self.pool.kinds[index],
+                    start_time=target_time,
+                    totals=self.counters.totals(),
+                    render=rgb[0].detach(),
+                    target=target_image[0].detach(),
+                    eft=eft_rgb[0],
+                )
+            )
 
 
 @dataclass(frozen=True)
@@ -225,9 +243,11 @@ def start_distillation(
     lpips_config: LPIPSConfig,
     last_step: int,
     attributes: TrainingCallbackAttributes,
+    observer: Optional[DistillationObserver] = None,
 ) -> Distillation:
     """Load the teacher (and LPIPS if a step up to ``last_step`` needs it), build the pool and the EFT
-    cache; return the step (B) callback with what was loaded."""
+    cache; return the step (B) callback with what was loaded. ``observer`` (the viewer's panel) is
+    told about the pool and, when it asks, about iterations (``progress.py``)."""
     device = student.device
     teacher = load_teacher(teacher_folder, device)
 
@@ -276,7 +296,7 @@ def start_distillation(
         f"({cache.cached_bytes / 2**20:.1f} MiB) in {counters.current.teacher_seconds:.1f} s; bootstrap until "
         f"step {config.bootstrap_iterations}, perceptual loss {'on' if lpips is not None else 'off'}."
     )
-    step_b = NovelViewStep(student, config, teacher, pool, cache, counters, lpips, attributes)
+    step_b = NovelViewStep(student, config, teacher, pool, cache, counters, lpips, attributes, observer)
     callback = TrainingCallback(
         where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], update_every_num_iters=1, func=step_b
     )

@@ -47,6 +47,7 @@ from sparsefusion_ns.model.volume_sampling import (
     OccupancyGridSampling,
     SampledRays,
 )
+from sparsefusion_ns.viewer.panel import SparseFusionViewerControl, ViewerPanelConfig
 
 if TYPE_CHECKING:
     from sparsefusion_ns.metrics import LPIPSConfig
@@ -110,9 +111,16 @@ class SparseFusionModelConfig(ModelConfig):
     distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
     """Settings of the distillation step; used only with a teacher."""
 
+    # Web viewer
+    viewer_panel: ViewerPanelConfig = dataclasses.field(default_factory=ViewerPanelConfig)
+    """What nerfstudio's web viewer shows: it opens framed on the object, and during distillation a
+    SparseFusion panel (phase, iteration, UNet evaluations, t, render | target | EFT) and the pool
+    cameras (sparsefusion_ns/viewer/)."""
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
         """Config files of runs trained before the field's sizes were nested (``num_levels: 16`` … beside
-        the other model options) load with those sizes in ``field``; other states load as they are."""
+        the other model options) load with those sizes in ``field``; options added since (missing from
+        the file) take their defaults; other states load as they are."""
         state = dict(state)
         flat = {name: state.pop(name) for name in _FLAT_GRID_OPTIONS + _FLAT_FIELD_OPTIONS if name in state}
         if flat:
@@ -121,6 +129,12 @@ class SparseFusionModelConfig(ModelConfig):
             state["field"] = dataclasses.replace(
                 nested, grid=grid, **{k: v for k, v in flat.items() if k in _FLAT_FIELD_OPTIONS}
             )
+        for option in dataclasses.fields(self):
+            if option.init and option.name not in state:
+                if option.default_factory is not dataclasses.MISSING:
+                    state[option.name] = option.default_factory()
+                elif option.default is not dataclasses.MISSING:
+                    state[option.name] = option.default
         self.__dict__.update(state)
 
 
@@ -156,6 +170,8 @@ class SparseFusionModel(Model):
         self._first_training_step = 0  # the step after a loaded checkpoint's (update_to_step)
         if config.teacher is not None:
             self.distillation_state = DistillationState(config.distillation.seed + 1)
+        # Found by nerfstudio's viewer (a public ViewerControl attribute): the opening camera and the panel.
+        self.viewer_control = SparseFusionViewerControl(config.viewer_panel)
 
     # ------------------------------------------------------------------ teacher
     @property
@@ -230,6 +246,7 @@ class SparseFusionModel(Model):
             self.lpips_config(),
             last_training_step(attributes.trainer, self._first_training_step),
             attributes,
+            observer=self.viewer_control,
         )
         self._keep_outside_checkpoints("_teacher", distillation.teacher)
         if distillation.lpips is not None:  # the eval metric uses the same weights

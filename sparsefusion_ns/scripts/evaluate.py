@@ -29,7 +29,6 @@ from typing import Dict, Optional
 
 import tyro
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -41,6 +40,7 @@ from sparsefusion_ns.evaluation.held_out import evaluate_views, field_renderer, 
 from sparsefusion_ns.metrics import LPIPSConfig, lpips_or_warn
 from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
+from sparsefusion_ns.utils.summary import print_summary, progress_bar
 
 OUTPUT_FILES = ("metrics.json", "contact_sheet.png")
 """What sf-eval writes into its output folder."""
@@ -81,13 +81,7 @@ def evaluate(config: EvaluateConfig) -> Dict:
         device=model.device,
     )
     views = held_out_views(pipeline.datamanager.eval_dataset)
-    with Progress(
-        TextColumn("[bold]sf-eval"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} views"),
-        TimeRemainingColumn(),
-        console=CONSOLE,
-    ) as progress:
+    with progress_bar("[bold]Evaluating held-out views") as progress:
         task = progress.add_task("views", total=len(views))
         evaluation = evaluate_views(
             field_renderer(model),
@@ -117,8 +111,16 @@ def evaluate(config: EvaluateConfig) -> Dict:
     # metrics.json last: once it exists, the evaluation is complete
     write_text_atomically(config.output_dir / "metrics.json", json.dumps(results, indent=2))
     means = ", ".join(f"{name} {value:.4f}" for name, value in results["mean"].items())
-    CONSOLE.print(f"{len(views)} held-out views ({results['protocol']}): {means}")
-    CONSOLE.print(f"Wrote {config.output_dir / 'metrics.json'} and {config.output_dir / 'contact_sheet.png'}")
+    print_summary(
+        "Evaluation Complete",
+        [
+            ("metrics.json", config.output_dir / "metrics.json"),
+            ("contact_sheet.png", config.output_dir / "contact_sheet.png"),
+            ("Views", f"{len(views)} held out, {results['protocol']}"),
+            ("Means", means),
+            ("Checkpoint", f"{checkpoint} (step {step})"),
+        ],
+    )
     return results
 
 

@@ -42,8 +42,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.engine.checkpoints import CheckpointError
 from sparsefusion_ns.engine.config_files import RunConfigError, load_run_config
-from sparsefusion_ns.utils.atomic_files import atomic_file
+from sparsefusion_ns.utils import ply
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
+from sparsefusion_ns.utils.summary import print_summary
 
 if TYPE_CHECKING:
     from nerfstudio.engine.trainer import TrainerConfig
@@ -155,33 +156,7 @@ def field_to_world(
 
 def write_ply(path: Path, mesh: DensityMesh, comments: Tuple[str, ...] = ()) -> None:
     """Binary little-endian PLY: float xyz and uchar rgb per vertex, triangles as index lists."""
-    vertex = np.empty(
-        len(mesh.vertices),
-        dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")],
-    )
-    for axis, name in enumerate("xyz"):
-        vertex[name] = mesh.vertices[:, axis]
-    rgb = np.round(np.clip(mesh.colours, 0.0, 1.0) * 255.0).astype(np.uint8)
-    for channel, name in enumerate(("red", "green", "blue")):
-        vertex[name] = rgb[:, channel]
-    face = np.empty(len(mesh.faces), dtype=[("count", "u1"), ("indices", "<i4", (3,))])
-    face["count"] = 3
-    face["indices"] = mesh.faces
-    header = [
-        "ply",
-        "format binary_little_endian 1.0",
-        *(f"comment {comment}" for comment in comments),
-        f"element vertex {len(vertex)}",
-        *(f"property float {name}" for name in "xyz"),
-        *(f"property uchar {name}" for name in ("red", "green", "blue")),
-        f"element face {len(face)}",
-        "property list uchar int vertex_indices",
-        "end_header",
-    ]
-    with atomic_file(path, "wb") as file:
-        file.write(("\n".join(header) + "\n").encode("ascii"))
-        file.write(vertex.tobytes())
-        file.write(face.tobytes())
+    ply.write_ply(path, mesh.vertices, mesh.colours, faces=mesh.faces, comments=comments)
 
 
 def extract_density_mesh(
@@ -289,9 +264,18 @@ class ExportDensityMesh:
                 f"density threshold {self.threshold:.6g}, resolution {self.resolution}, half extent {half_extent:g}",
             ),
         )
-        CONSOLE.print(
-            f"[bold green]:white_check_mark: Wrote {len(mesh.vertices)} vertices and {len(mesh.faces)} "
-            f"faces ({self.frame} frame) to {path}"
+        print_summary(
+            "Density Mesh Exported",
+            [
+                (path.name, path),
+                ("Vertices", len(mesh.vertices)),
+                ("Faces", len(mesh.faces)),
+                (
+                    "Surface",
+                    f"σ = {self.threshold:g} on a {self.resolution}³ grid over [-{half_extent:g}, {half_extent:g}]³",
+                ),
+                ("Frame", self.frame),
+            ],
         )
         return path
 

@@ -25,7 +25,6 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import tyro
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -35,6 +34,7 @@ from sparsefusion_ns.synthetic.category import GENERATOR_VERSION, CaptureConfig,
 from sparsefusion_ns.synthetic.co3d_writer import FrameOptions, write_category_annotations, write_sequence_frames
 from sparsefusion_ns.synthetic.shapes import scene_to_json
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
+from sparsefusion_ns.utils.summary import print_summary, progress_bar
 
 PROVENANCE_FILE = "synthetic_category.json"
 """Written into the category folder: how it was generated."""
@@ -140,15 +140,7 @@ def make_category(config: MakeCategoryConfig) -> Dict[str, Path]:
     workers = config.workers if config.workers > 0 else (os.cpu_count() or 1)
     frames: Dict[str, List[Co3dFrame]] = {}
     started = time.perf_counter()
-    progress = Progress(
-        TextColumn(f"[bold]{escape(config.category)}[/] sequences"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=CONSOLE,
-        disable=not config.progress,
-    )
+    progress = progress_bar(f"[bold]{escape(config.category)}[/] sequences", disable=not config.progress)
     with progress:
         task = progress.add_task("render", total=len(plan))
         for name, sequence_frames in _run(config, plan, workers):
@@ -186,10 +178,23 @@ def entrypoint() -> None:
         raise SystemExit(1) from error
     provenance = json.loads(written["provenance"].read_text())
     counts = provenance["sequences"]
-    CONSOLE.print(
-        f"Wrote {counts['train']} train, {counts['dev']} dev and {counts['test']} test sequences "
-        f"({provenance['frames']} frames) in {provenance['seconds']:.0f} s to "
-        f"{escape(str(Path(config.output) / config.category))}"
+    folder = Path(config.output) / config.category
+    print_summary(
+        "Category Written",
+        [
+            ("Category folder", folder),
+            (
+                "Sequences",
+                f"{counts['train']} train, {counts['dev']} dev, {counts['test']} test ({provenance['frames']} frames)",
+            ),
+            *[(name.replace("_", " ").capitalize(), path) for name, path in written.items()],
+            ("True shapes", folder / "<sequence>" / INSTANCE_FILE),
+            ("Time", f"{provenance['seconds']:.0f} s with {provenance['workers']} worker(s)"),
+            (
+                "Use it",
+                f"ns-train sparsefusion-mini --data {config.output} co3d --category {config.category} --subset fewview_test",
+            ),
+        ],
     )
 
 

@@ -26,16 +26,13 @@ import numpy as np
 import torch
 import tyro
 from PIL import Image
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from nerfstudio.utils.rich_utils import CONSOLE
 
 from sparsefusion_ns.cameras.conventions import ndc_to_nerfstudio
 from sparsefusion_ns.distillation.novel_cameras import orbit_cameras
 from sparsefusion_ns.distillation.teacher_inputs import ndc_cameras
 from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
+from sparsefusion_ns.utils.summary import print_summary, progress_bar
 
 Channel = Literal["rgb", "depth", "accumulation"]
 
@@ -107,8 +104,7 @@ def render_orbit(config: RenderOrbitConfig) -> List[Path]:
     height = config.resolution or int(inputs.height[0])
     cameras = ndc_to_nerfstudio(ndc, (height, height)).to(model.device)
     frames = {channel: [] for channel in config.channels}
-    progress = Progress(TextColumn("[bold]sf-render-orbit"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=CONSOLE)  # fmt: skip
+    progress = progress_bar("[bold]Rendering the orbit")
     with progress, torch.no_grad():
         task = progress.add_task("frames", total=config.num_frames)
         for index in range(config.num_frames):
@@ -132,9 +128,17 @@ def render_orbit(config: RenderOrbitConfig) -> List[Path]:
     path_file = Path(config.output_dir) / "camera_path.json"
     write_text_atomically(path_file, json.dumps(camera_path_json(cameras.to("cpu"), config.fps), indent=1))
     written.append(path_file)
-    CONSOLE.print(
-        f"Orbit of {config.num_frames} frames (radius {circle.radius:.2f}, elevation {config.elevation_deg:.0f}°): "
-        + ", ".join(escape(str(p)) for p in written)
+    print_summary(
+        "Orbit Rendered",
+        [(path.name, path) for path in written]
+        + [
+            ("Frames", f"{config.num_frames} at {height}×{height} px, {config.fps} fps"),
+            ("Orbit", f"radius {circle.radius:.2f}, elevation {config.elevation_deg:g}°"),
+            (
+                "Render with nerfstudio",
+                f"ns-render camera-path --load-config {config.load_config} --camera-path-filename {path_file}",
+            ),
+        ],
     )
     return written
 

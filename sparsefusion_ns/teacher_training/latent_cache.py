@@ -32,6 +32,7 @@ from sparsefusion_ns.teacher.vae import FrozenVAE
 from sparsefusion_ns.teacher_training.config import DataConfig
 from sparsefusion_ns.teacher_training.scenes import SceneCollection
 from sparsefusion_ns.utils.atomic_files import atomic_path, write_text_atomically
+from sparsefusion_ns.utils.summary import progress_bar
 
 INFO_FILE = "cache_info.json"
 """Name of the file that records what a cache folder was made with."""
@@ -142,11 +143,13 @@ def prepare_latent_cache(
     accelerator: Accelerator,
     num_workers: int = 4,
     batch_size: int = 16,
+    progress: bool = True,
 ) -> LatentCache:
     """Check ``folder`` against this VAE and preprocessing, encode every missing scene, return the cache.
 
     Every process must call this (it synchronises them); each encodes every ``num_processes``-th
-    missing scene. Encoding runs in float32, as the trainer's own ``vae.encode``.
+    missing scene. Encoding runs in float32, as the trainer's own ``vae.encode``. ``progress``: the
+    main process shows a bar with an ETA over its frames.
     """
     cache = LatentCache(folder, cache_fingerprint(vae, data, image_size))
     exists = cache.check_info()
@@ -160,12 +163,18 @@ def prepare_latent_cache(
     if refs:
         loader = DataLoader(_FrameImages(scenes, refs), batch_size=batch_size, num_workers=num_workers)
         pending: Dict[int, Dict[str, Tensor]] = {}
-        for indices, images in loader:
-            latents = vae.encode(images.to(accelerator.device)).cpu()
-            for index, latent in zip(indices.tolist(), latents):
-                scene, frame = refs[index]
-                pending.setdefault(scene, {})[scenes.frame_ids(scene)[frame]] = latent
-                if len(pending[scene]) == len(scenes.frame_ids(scene)):
-                    cache.write(keys[scene], pending.pop(scene))
+        bar = progress_bar(
+            f"Encoding the latent cache ({len(missing)} scenes)", disable=not (progress and accelerator.is_main_process)
+        )
+        with bar:
+            task = bar.add_task("latents", total=len(refs))
+            for indices, images in loader:
+                latents = vae.encode(images.to(accelerator.device)).cpu()
+                for index, latent in zip(indices.tolist(), latents):
+                    scene, frame = refs[index]
+                    pending.setdefault(scene, {})[scenes.frame_ids(scene)[frame]] = latent
+                    if len(pending[scene]) == len(scenes.frame_ids(scene)):
+                        cache.write(keys[scene], pending.pop(scene))
+                bar.advance(task, len(indices))
     accelerator.wait_for_everyone()
     return cache

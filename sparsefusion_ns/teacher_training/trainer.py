@@ -59,6 +59,7 @@ from sparsefusion_ns.teacher_training.previews import preview_grid
 from sparsefusion_ns.teacher_training.progress_log import LossWindow, TrainingLogger
 from sparsefusion_ns.teacher_training.scenes import build_scenes
 from sparsefusion_ns.teacher_training.vae_stage import train_vae
+from sparsefusion_ns.utils.summary import print_summary
 
 PREVIEW_SEED = 1234
 """Seed of the sample grids' noise (the same noise at every grid, so grids compare over time)."""
@@ -135,6 +136,7 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
     if config.stage == "vae":
         report = train_vae(config)
         return TrainingRun(step=int(report.get("steps", config.max_steps)))
+    session_started = time.perf_counter()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
     main = accelerator.is_main_process
     device = accelerator.device
@@ -151,7 +153,14 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
         if main:
             CONSOLE.print(f"Filling the latent cache {escape(str(config.latent_cache))} (once) …")
         cache = prepare_latent_cache(
-            config.latent_cache, scenes, vae, config.data, image_size, accelerator, config.num_workers
+            config.latent_cache,
+            scenes,
+            vae,
+            config.data,
+            image_size,
+            accelerator,
+            config.num_workers,
+            progress=config.progress,
         )
     dataset = QueryContextDataset(scenes, config.views, config.seed, cache)
 
@@ -286,9 +295,20 @@ def train(config: TeacherTrainingConfig) -> TrainingRun:
             "vae": vae.autoencoder.state_dict(),
         }
         run.teacher = write_teacher_folder(output / "teacher", teacher_config, state_dicts, provenance, overwrite=True)
-        CONSOLE.print(f"Teacher written to {escape(str(run.teacher))} (step {step})")
+        minutes, seconds = divmod(round(time.perf_counter() - session_started), 60)
+        rows = [("Teacher folder", run.teacher), ("Stage", f"{config.stage}, step {step} of {config.max_steps}")]
+        rows += [(label, output / name) for label, name in _RUN_FOLDERS if (output / name).exists()]
+        rows += [
+            ("Time", f"{minutes} min {seconds} s this session"),
+            ("Distil with it", f"ns-train sparsefusion --pipeline.model.teacher {run.teacher} ..."),
+        ]
+        print_summary("Teacher Training Finished", rows)
     accelerator.wait_for_everyone()
     return run
+
+
+_RUN_FOLDERS = (("Checkpoints", "checkpoints"), ("Samples", "samples"), ("Tensorboard", "tensorboard"))
+"""(label, folder) of what a training run writes beside the teacher folder (shown when present)."""
 
 
 def _json(value: Any) -> Any:

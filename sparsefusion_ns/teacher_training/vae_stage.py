@@ -58,6 +58,7 @@ from sparsefusion_ns.teacher_training.datasets import example_seed
 from sparsefusion_ns.teacher_training.lr_schedule import StepDecaySchedule
 from sparsefusion_ns.teacher_training.progress_log import LossWindow, TrainingLogger
 from sparsefusion_ns.teacher_training.scenes import SceneCollection, TrainingDataError, build_scenes
+from sparsefusion_ns.utils.summary import print_summary
 
 VAE_FOLDER = "vae"
 """The trained autoencoder, a diffusers folder, inside the run's output folder."""
@@ -331,10 +332,18 @@ def train_vae(config: TeacherTrainingConfig) -> Dict[str, Any]:
             )
         (output / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
         held = report["held_out_reconstruction"]
-        CONSOLE.print(
-            f"VAE written to {escape(str(folder))} (step {step}, scaling_factor {scale:.4f}); reconstruction PSNR "
-            f"{report['train_reconstruction']['psnr_mean']:.2f} dB on training frames"
-            + ("" if held is None else f", {held['psnr_mean']:.2f} ± {held['psnr_std']:.2f} dB on held-out instances")
-        )
+        psnr = f"{report['train_reconstruction']['psnr_mean']:.2f} dB on training frames"
+        if held is not None:
+            psnr += f", {held['psnr_mean']:.2f} ± {held['psnr_std']:.2f} dB on held-out instances"
+        rows = [
+            ("VAE folder", folder),
+            ("Report", output / REPORT_FILE),
+            ("Stage", f"vae, step {step} of {config.max_steps}"),
+            ("Scaling factor", f"{scale:.4f}"),
+            ("Reconstruction PSNR", psnr),
+        ]
+        rows += [(label, output / name) for label, name in (("Checkpoints", "checkpoints"), ("Samples", "samples"))
+                 if (output / name).exists()]  # fmt: skip
+        print_summary("VAE Training Finished", rows)
     accelerator.wait_for_everyone()
     return report
