@@ -7,7 +7,7 @@ Not a test. On CUDA, at the paper's sizes (random weights: timings do not depend
   renders a 128² pool camera with gradients (importance sampling, 64 + 64 samples per ray),
   bilinear upsampling to 256², the teacher's target, L1 loss, backward and an Adam step.
   ``authors``: a fresh PLMS target from t = 0.37 (38 UNet evaluations, the mean of
-  min(⌊100t⌋, 50) + 1 over t ~ U(0, 0.99) is 37.6). ``cached``: the render and loss of every
+  max(min(⌊100t⌋, 50), 1) + 1 over t ~ U(0, 0.99) is 38.1). ``cached``: the render and loss of every
   iteration plus its share of a regeneration (every pool camera rendered without gradients and
   denoised in batches of ``cached.batch_size`` with ``cached.ddim_steps`` DDIM steps, every
   ``cached.refresh_every`` iterations; one batch is timed and scaled);
