@@ -1,9 +1,19 @@
-"""Training iterations per second of ``sparsefusion-tiny`` and nerfstudio's ``nerfacto`` on the CPU.
+"""Training iterations per second of ``sparsefusion-tiny``, the paper's ``sparsefusion`` and nerfstudio's ``nerfacto`` on the CPU.
 
 Not a test. Run with::
 
     python benchmarks/bench_iteration_speed.py [--rays 4096 512] [--iterations 6] [--warmup 2]
+        [--methods sparsefusion-tiny sparsefusion] [--novel-resolution 128]
         [--scene PATH | --scene demo] [--threads N] [--profile]
+
+Methods: ``sparsefusion-tiny`` (8 levels, 2^14 table, 64 samples per ray) and the paper config
+``sparsefusion`` (its field and 64 + 64 samples per ray), each against nerfacto at the same rays
+per batch. Step (B)'s render: for each SparseFusion config, one novel view of
+``--novel-resolution``² rays (the authors' 128²; a training camera rescaled to that size) rendered
+with gradients, backward and optimiser step, without the teacher: the field-and-render part of
+step (B) that every distillation iteration adds to step (A). The teacher's part is timed by
+``benchmarks/bench_teacher_step.py`` and ``benchmarks/gpu_check.py``; together they give the whole
+iteration's budget: field (A), render (B), teacher (B).
 
 What is timed: one training iteration as nerfstudio's ``Trainer.train_iteration`` runs it on the
 CPU (where the trainer turns mixed precision off, so float32): the before-iteration callbacks,
@@ -87,6 +97,22 @@ def sparsefusion_tiny(scene: Path, rays: int, input_views: Tuple[int, ...]) -> T
     return config
 
 
+def sparsefusion_paper(scene: Path, rays: int, input_views: Tuple[int, ...]) -> TrainerConfig:
+    """The ``sparsefusion`` method (the paper's field and sampling) on the benchmark's data and rays."""
+    from sparsefusion_ns.plugin.method_configs import sparsefusion_config
+
+    config = sparsefusion_config()
+    datamanager = config.pipeline.datamanager
+    datamanager.data = scene
+    datamanager.dataparser.input_views = input_views
+    datamanager.train_num_rays_per_batch = rays
+    return config
+
+
+SPARSEFUSION_CONFIGS = {"sparsefusion-tiny": sparsefusion_tiny, "sparsefusion": sparsefusion_paper}
+"""The SparseFusion configs this benchmark can time, by method name."""
+
+
 def nerfacto_on_same_data(sparsefusion: TrainerConfig) -> TrainerConfig:
     """nerfstudio's registered nerfacto (model, optimizers, schedulers) reading our datamanager."""
     from nerfstudio.configs.method_configs import method_configs
@@ -109,6 +135,9 @@ class Contender:
     step: Callable[[int], float]
     seconds: List[float] = field(default_factory=list)
     losses: List[float] = field(default_factory=list)
+    novel_view: Callable[[], None] | None = None
+    """Step (B)'s render: one novel view with gradients, backward and optimiser step (SparseFusion only)."""
+    novel_seconds: List[float] = field(default_factory=list)
 
 
 def build(name: str, config: TrainerConfig) -> Contender:
@@ -136,6 +165,25 @@ def build(name: str, config: TrainerConfig) -> Contender:
         return float(loss.detach())
 
     return Contender(name, config.pipeline.datamanager.train_num_rays_per_batch, pipeline, step)
+
+
+def attach_novel_view(contender: Contender, config: TrainerConfig, resolution: int) -> None:
+    """Give ``contender`` step (B)'s render: a training camera rescaled so its longer side has
+    ``resolution`` pixels, rendered by the model's forward with gradients, then backward and a step."""
+    pipeline = contender.pipeline
+    cameras = copy.deepcopy(pipeline.datamanager.train_dataset.cameras[0:1])
+    cameras.rescale_output_resolution(resolution / max(int(cameras.height), int(cameras.width)))
+    rays = cameras.generate_rays(camera_indices=0).flatten().to(pipeline.device)
+    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+
+    def novel_view() -> None:
+        optimizers.zero_grad_all()
+        outputs = pipeline.model(rays)
+        loss = outputs["rgb"].mean() + outputs["accumulation"].mean()
+        loss.backward()
+        optimizers.optimizer_step_all()
+
+    contender.novel_view = novel_view
 
 
 def check_no_tcnn(model: nn.Module) -> None:
@@ -183,6 +231,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scene", default=str(DEFAULT_SCENE), help="scene folder, or 'demo' to generate one")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=tuple(SPARSEFUSION_CONFIGS),
+        default=list(SPARSEFUSION_CONFIGS),
+        help="SparseFusion configs to compare with nerfacto (default: both)",
+    )
+    parser.add_argument(
+        "--novel-resolution",
+        type=int,
+        default=128,
+        help="side of step (B)'s novel-view render timed per SparseFusion config (default 128; 0: skip)",
+    )
     return parser.parse_args()
 
 
@@ -209,20 +270,31 @@ def main() -> None:
 
         results: List[Contender] = []
         for rays in args.rays:
-            ours_config = sparsefusion_tiny(scene, rays, input_views)
-            ours = build("sparsefusion-tiny", ours_config)
+            ours_list = []
+            for method in args.methods:
+                ours_config = SPARSEFUSION_CONFIGS[method](scene, rays, input_views)
+                ours = build(method, ours_config)
+                if args.novel_resolution > 0:
+                    attach_novel_view(ours, ours_config, args.novel_resolution)
+                ours_list.append(ours)
             with lpips_stubbed():
                 nerfacto = build("nerfacto (torch)", nerfacto_on_same_data(ours_config))
             check_no_tcnn(nerfacto.pipeline.model)
-            contenders = (ours, nerfacto)
+            contenders = (*ours_list, nerfacto)
             for contender in contenders:
                 run_block(contender, 0, args.warmup, record=False)
+                if contender.novel_view is not None:
+                    contender.novel_view()  # warm-up
             per_round = max(1, args.iterations // args.rounds)
             step = args.warmup
-            while len(ours.seconds) < args.iterations:
-                count = min(per_round, args.iterations - len(ours.seconds))
+            while len(nerfacto.seconds) < args.iterations:
+                count = min(per_round, args.iterations - len(nerfacto.seconds))
                 for contender in contenders:
                     run_block(contender, step, count, record=True)
+                    for _ in range(count if contender.novel_view is not None else 0):
+                        start = time.perf_counter()
+                        contender.novel_view()
+                        contender.novel_seconds.append(time.perf_counter() - start)
                 step += count
             if args.profile:
                 for contender in contenders:
@@ -233,7 +305,7 @@ def main() -> None:
     print(f"load average after: {load_average()}\n")
     header = (
         f"{'method':<20} {'rays/batch':>10} {'s/it mean':>10} {'s/it median':>12} {'it/s':>7} "
-        f"{'ours/nerfacto it/s':>19}"
+        f"{'ours/nerfacto it/s':>19} {'step B render s':>16} {'A + B render s':>15}"
     )
     print(header)
     print("-" * len(header))
@@ -244,13 +316,20 @@ def main() -> None:
     for contender in results:
         mean = statistics.fmean(contender.seconds)
         median = statistics.median(contender.seconds)
-        ratio = ""
-        if contender.name == "sparsefusion-tiny":
+        ratio = novel = both = ""
+        if contender.name in SPARSEFUSION_CONFIGS:
             ratio = f"{by_rays[contender.rays]['nerfacto (torch)'] / mean:.2f}"
-        print(f"{contender.name:<20} {contender.rays:>10} {mean:>10.3f} {median:>12.3f} {1 / mean:>7.2f} {ratio:>19}")
+        if contender.novel_seconds:
+            novel_mean = statistics.fmean(contender.novel_seconds)
+            novel, both = f"{novel_mean:.3f}", f"{mean + novel_mean:.3f}"
+        print(
+            f"{contender.name:<20} {contender.rays:>10} {mean:>10.3f} {median:>12.3f} {1 / mean:>7.2f} {ratio:>19} "
+            f"{novel:>16} {both:>15}"
+        )
     print(
         "\n(timed: callbacks + get_train_loss_dict + backward + optimizer/scheduler steps, "
-        f"{args.iterations} iterations after {args.warmup} warm-up, float32 CPU)"
+        f"{args.iterations} iterations after {args.warmup} warm-up, float32 CPU; step B render: one "
+        f"{args.novel_resolution}² novel view with gradients, backward and optimiser step, no teacher)"
     )
 
 

@@ -21,7 +21,11 @@ Written to ``--output``:
 
 - ``results.json``: settings, machine, and per scene and method the per-view and mean metrics, the
   wall time (setup, training, evaluation), the seconds per training iteration (SparseFusion: per
-  phase) and the teacher's cost (UNet evaluations, VAE calls, EFT queries, teacher seconds);
+  phase) and the teacher's cost (UNet evaluations, VAE calls, EFT queries, teacher seconds); with
+  ``--quality-every N``, SparseFusion's time-to-quality curve per scene (``quality_curve``: held-out
+  PSNR/SSIM on ``--quality-views`` views every N iterations, next to the UNet evaluations and
+  training seconds spent so far; the probes' own time is left out of every timing) and its mean over
+  scenes in the summary (``benchmarks/plot_time_to_quality.py`` plots several folders together);
 - ``results.md``: mean ± standard deviation over scenes per method, the teacher cost and wall time
   per scene, the schedule, and a per-scene table;
 - ``comparison.png``: for the first ``--figure-scenes`` scenes, ``--figure-views`` held-out views
@@ -31,7 +35,12 @@ Written to ``--output``:
 **Resuming.** Rerun the same command after an interruption: finished methods of finished scenes
 are read back, a training that did not finish is redone from scratch (so every wall time is one
 uninterrupted run). The settings are stored in ``benchmark_settings.json``; a rerun with other
-settings is refused (``--overwrite`` starts afresh). More scenes may be added on a rerun.
+settings is refused (``--overwrite`` starts afresh). More scenes may be added on a rerun. A settings
+file written before a setting existed (``schedule``, ``quality_every``, ``quality_views``) holds that
+setting's default: such a comparison continues with the defaults.
+
+**Schedules.** ``--schedule authors|cached`` picks SparseFusion's distillation schedule
+(``--pipeline.model.distillation.schedule``, docs/schedules.md); one output folder per schedule.
 
 Typical commands (2 cores; see results.md for the schedule used)::
 
@@ -53,7 +62,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -161,6 +170,17 @@ class Settings:
     """Scenes shown in comparison.png."""
     figure_views: int
     """Held-out views per scene shown in comparison.png."""
+    schedule: str = "authors"
+    """SparseFusion's distillation schedule (``DistillationConfig.schedule``). Settings files written
+    before this field existed are read as ``authors``, what those runs used."""
+    quality_every: int = 0
+    """SparseFusion's held-out PSNR is probed every this many iterations (0: never)."""
+    quality_views: int = 4
+    """Held-out views (spread over the sequence) scored by each probe."""
+
+
+SETTINGS_DEFAULTS = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+"""Settings that older settings files may lack, with the value those runs used."""
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -221,6 +241,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default="auto",
         help="SparseFusion's LPIPS loss: auto = on when LPIPS-VGG's weights are found (the paper's)",
     )
+    parser.add_argument(
+        "--schedule",
+        choices=("authors", "cached"),
+        default="authors",
+        help="SparseFusion's distillation schedule (default authors, the paper's; docs/schedules.md)",
+    )
+    parser.add_argument(
+        "--quality-every",
+        type=int,
+        default=0,
+        help="probe SparseFusion's held-out PSNR every N iterations for the time-to-quality curve (default 0: off)",
+    )
+    parser.add_argument(
+        "--quality-views", type=int, default=4, help="held-out views scored by each quality probe (default 4)"
+    )
     parser.add_argument("--figure-scenes", type=int, default=3, help="scenes in comparison.png (default 3)")
     parser.add_argument("--figure-views", type=int, default=2, help="held-out views per scene in it (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -254,7 +289,7 @@ def prepare_output(output: Path, settings: Settings, overwrite: bool) -> None:
             shutil.rmtree(output / name, ignore_errors=True)
         prepare_output_folder(output, True, "mini_category_comparison.py --output", own_outputs=OWN_FILES)
     elif path.is_file():
-        stored = json.loads(path.read_text())
+        stored = {**SETTINGS_DEFAULTS, **json.loads(path.read_text())}
         changed = {key: (stored.get(key), value) for key, value in asdict(settings).items() if stored.get(key) != value}
         if changed:
             listed = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
@@ -299,6 +334,7 @@ def run_config(settings: Settings, output: Path, scene: str, method: str) -> Spa
         distillation.render_resolution = settings.render_resolution
         distillation.use_perceptual_loss = settings.use_perceptual_loss
         distillation.perceptual_loss_if_weights_missing = "error"  # decided (and checked) at start-up
+        distillation.schedule = settings.schedule  # type: ignore[assignment]  # checked by argparse's choices
     config.machine.seed = settings.seed
     config.max_num_iterations = settings.iterations
     config.steps_per_save = settings.iterations
@@ -334,7 +370,13 @@ class TrainingRecord:
     work, this shows the work when the wall time shows the wait."""
 
 
-def train(config: SparseFusionTrainerConfig, on_step: Callable[[int], None]) -> TrainingRecord:
+Probe = Callable[[SparseFusionTrainer, int], None]
+"""Called after every iteration with the trainer and the step; its time is left out of every timing."""
+
+
+def train(
+    config: SparseFusionTrainerConfig, on_step: Callable[[int], None], probe: Optional[Probe] = None
+) -> TrainingRecord:
     """Train ``config`` in-process from scratch (an unfinished earlier run of it is deleted first)."""
     shutil.rmtree(config.get_base_dir(), ignore_errors=True)
     seed_everything(config.machine.seed)
@@ -346,12 +388,19 @@ def train(config: SparseFusionTrainerConfig, on_step: Callable[[int], None]) -> 
     setup_seconds = time.perf_counter() - start
     starts: Dict[int, float] = {}
     cpu_starts: Dict[int, float] = {}
+    probe_seconds: Dict[int, float] = {}
+    probe_cpu_seconds: Dict[int, float] = {}
 
     def before(step: int) -> None:
         starts[step] = time.perf_counter()
         cpu_starts[step] = time.process_time()
 
     def after(step: int) -> None:
+        if probe is not None:
+            wall, cpu = time.perf_counter(), time.process_time()
+            probe(trainer, step)
+            probe_seconds[step] = time.perf_counter() - wall
+            probe_cpu_seconds[step] = time.process_time() - cpu
         on_step(step + 1)
 
     trainer.callbacks += [
@@ -368,13 +417,17 @@ def train(config: SparseFusionTrainerConfig, on_step: Callable[[int], None]) -> 
         del writer.EVENT_WRITERS[writers:]
     end, cpu_end = time.perf_counter(), time.process_time()
 
-    def durations(clock: Dict[int, float], last: float) -> Dict[int, float]:
+    def durations(clock: Dict[int, float], last: float, excluded: Dict[int, float]) -> Dict[int, float]:
         steps = sorted(clock)
         ends = [clock[s] for s in steps[1:]] + [last]  # an iteration lasts until the next one starts
-        return {s: e - clock[s] for s, e in zip(steps, ends)}
+        return {s: e - clock[s] - excluded.get(s, 0.0) for s, e in zip(steps, ends)}
 
     return TrainingRecord(
-        trainer, setup_seconds, end - start - setup_seconds, durations(starts, end), durations(cpu_starts, cpu_end)
+        trainer,
+        setup_seconds,
+        end - start - setup_seconds - sum(probe_seconds.values()),
+        durations(starts, end, probe_seconds),
+        durations(cpu_starts, cpu_end, probe_cpu_seconds),
     )
 
 
@@ -562,7 +615,11 @@ class Runner:
         settings = self.settings
         config = run_config(settings, self.output, scene.name, method)
         update = self.begin(scene.name, method, f"training {LABELS[method]}", settings.iterations)
-        training = train(config, update)
+        curve: List[Dict] = []
+        probe = None
+        if method == "sparsefusion" and settings.quality_every > 0:
+            probe = QualityProbe(scene, settings, curve)
+        training = train(config, update, probe)
         model = training.trainer.pipeline.model
         model.eval()
         start = time.perf_counter()
@@ -601,6 +658,10 @@ class Runner:
         )
         if perceptual_loss is not None:
             record["perceptual_loss"] = perceptual_loss
+        if method == "sparsefusion":
+            record["schedule"] = settings.schedule
+        if probe is not None:
+            record["quality_curve"] = curve
         return record, evaluation
 
     def baseline_stage(self, scene: Scene, method: str):
@@ -620,6 +681,66 @@ class Runner:
             wall_seconds={"evaluate": round(total, 3), "total": round(total, 3)}, teacher=cost_record(baseline.cost)
         )
         return record, evaluation
+
+
+class QualityProbe:
+    """SparseFusion's time-to-quality: every ``quality_every`` iterations (and after the last), the
+    held-out PSNR and SSIM on ``quality_views`` views spread over the sequence, with the teacher's
+    UNet evaluations and the training's wall seconds (probes excluded) spent so far. The probe renders
+    in eval mode under a forked global generator, so the training it watches is unchanged."""
+
+    def __init__(self, scene: Scene, settings: Settings, curve: List[Dict]) -> None:
+        self.views = [scene.views[i] for i in scene.figure_views(settings.quality_views)]
+        self.every = settings.quality_every
+        self.last_step = settings.iterations - 1
+        self.curve = curve
+        self.started = time.perf_counter()
+        self.probing_seconds = 0.0
+
+    def __call__(self, trainer: SparseFusionTrainer, step: int) -> None:
+        done = step + 1
+        if done % self.every != 0 and step != self.last_step:
+            return
+        start = time.perf_counter()
+        model = trainer.pipeline.model
+        (step_b,) = [c.func for c in trainer.callbacks if isinstance(c.func, NovelViewStep)]
+        totals = step_b.counters.totals()
+        devices = [model.device.index] if model.device.type == "cuda" and model.device.index is not None else []
+        with torch.random.fork_rng(devices=devices):
+            model.eval()
+            try:
+                evaluation = evaluate_views(field_renderer(model), self.views, None)
+            finally:
+                model.train()
+        self.curve.append(
+            {
+                "step": step,
+                "iterations": done,
+                "unet_evals": int(totals.unet_evals),
+                "teacher_seconds": round(totals.teacher_seconds, 3),
+                "train_seconds": round(start - self.started - self.probing_seconds, 3),
+                **{name: evaluation.mean[name] for name in ("psnr", "ssim") if name in evaluation.mean},
+            }
+        )
+        self.probing_seconds += time.perf_counter() - start
+
+
+def mean_quality_curve(records: Sequence[Dict]) -> Optional[List[Dict]]:
+    """Mean over scenes of their ``quality_curve`` entries at the same step (the steps every scene has)."""
+    curves = [r["quality_curve"] for r in records if r.get("quality_curve")]
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*({entry["step"] for entry in curve} for curve in curves)))
+    mean = []
+    for step in steps:
+        entries = [next(e for e in curve if e["step"] == step) for curve in curves]
+        point: Dict[str, object] = {"step": step, "num_scenes": len(entries)}
+        for key in ("iterations", "unet_evals", "teacher_seconds", "train_seconds", "psnr", "ssim"):
+            values = [e[key] for e in entries if key in e]
+            if values:
+                point[key] = float(np.mean(values))
+        mean.append(point)
+    return mean
 
 
 # ----------------------------------------------------------------------------------------- reports
@@ -667,6 +788,11 @@ def summarize(results: Dict[str, Dict[str, Dict]]) -> Dict[str, Dict]:
                 key: _mean_std([r["seconds_per_iteration"][key] for r in records if r["seconds_per_iteration"][key]])[0]
                 for key in keys
             }
+        if method == "sparsefusion":
+            entry["schedule"] = records[0].get("schedule", "authors") if records else None
+            curve = mean_quality_curve(records)
+            if curve is not None:
+                entry["quality_curve"] = curve
         summary[method] = entry
     return summary
 
@@ -735,9 +861,14 @@ def markdown(settings: Settings, scenes: List[str], results: Dict, summary: Dict
         f"{settings.rays_per_batch} input-view rays per iteration at full resolution, seed {settings.seed}.",
         f"- SparseFusion: novel views rendered at {settings.render_resolution}² and upsampled to "
         f"{settings.image_size}²; bootstrap from the EFT at steps 0–{settings.bootstrap_iterations}, diffusion "
-        f"targets at steps {settings.bootstrap_iterations + 1}–{settings.iterations - 1} (PLMS, "
-        f"min(⌊2·{settings.plms_max_steps}·t⌋, {settings.plms_max_steps}) steps, t ~ U(0, 0.99)); perceptual "
-        f"(LPIPS-VGG) loss **{'on' if settings.use_perceptual_loss else 'off'}**.",
+        f"targets at steps {settings.bootstrap_iterations + 1}–{settings.iterations - 1} ("
+        + (
+            f"PLMS, min(⌊2·{settings.plms_max_steps}·t⌋, {settings.plms_max_steps}) steps, t ~ U(0, 0.99)"
+            if settings.schedule == "authors"
+            else f"schedule `{settings.schedule}`, docs/schedules.md: a cached target per pool camera, "
+            "regenerated in batches with few DDIM steps"
+        )
+        + f"); perceptual (LPIPS-VGG) loss **{'on' if settings.use_perceptual_loss else 'off'}**.",
         f"- VLDM baseline: PLMS from pure noise at t = 1 in {settings.vldm_steps} steps "
         f"({settings.vldm_steps + 1} UNet evaluations per view).",
         "",
@@ -753,13 +884,17 @@ def markdown(settings: Settings, scenes: List[str], results: Dict, summary: Dict
         f"{machine['torch_threads']} threads on {machine['device']}; load average at the last write "
         f"{machine['load_average_1_5_15_min']} (1, 5, 15 min).",
         "",
-        "## Per scene (PSNR / SSIM)",
+        "## Per scene (PSNR / SSIM; SparseFusion's teacher UNet evaluations and training seconds)",
         "",
-        "| scene | input frames | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-        "|---|---|" + "---|" * len(METHODS),
+        "| scene | input frames | "
+        + " | ".join(LABELS[m] for m in METHODS)
+        + f" | {LABELS['sparsefusion']} UNet evaluations | {LABELS['sparsefusion']} train s |",
+        "|---|---|" + "---|" * len(METHODS) + "---|---|",
     ]
     for scene, records in results.items():
         cells = [f"{records[m]['mean']['psnr']:.2f} / {records[m]['mean']['ssim']:.3f}" for m in METHODS]
+        sf_record = records["sparsefusion"]
+        cells += [f"{sf_record['teacher']['unet_evals']:,}", number(sf_record["wall_seconds"].get("train"))]
         lines.append(f"| {scene} | {records['nerf']['input_frames']} | " + " | ".join(cells) + " |")
     lines += ["", "![comparison](comparison.png)", ""]
     return "\n".join(lines)
@@ -854,6 +989,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         lpips_vgg_weights=str(lpips_files[0].resolve()) if lpips_files else None,
         figure_scenes=args.figure_scenes,
         figure_views=args.figure_views,
+        schedule=args.schedule,
+        quality_every=args.quality_every,
+        quality_views=args.quality_views,
     )
     scenes = choose_scenes(args)
     output = args.output

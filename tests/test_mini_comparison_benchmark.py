@@ -64,6 +64,7 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
     assert records["vldm"]["teacher"]["unet_evals"] == 6 * 3  # 2 PLMS steps: 3 evaluations a view
     assert records["nerf"]["teacher"]["unet_evals"] == 0
     assert Path(sparsefusion["run"]).is_file()  # an ordinary nerfstudio run folder
+    assert sparsefusion["schedule"] == "authors" and "quality_curve" not in sparsefusion
     table = (output / "results.md").read_text()
     assert "| SparseFusion |" in table and "perceptual (LPIPS-VGG) loss **off**" in table
     assert (output / "comparison.png").is_file()
@@ -74,6 +75,20 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
         bench.main(arguments(fixture, teacher, output))
     assert json.loads((output / "results.json").read_text())["scenes"] == results["scenes"]
 
+    # a settings file written before the schedule and quality settings existed holds their defaults
+    # (the comparisons started with earlier code continue with the new one)
+    settings_path = output / "benchmark_settings.json"
+    stored = json.loads(settings_path.read_text())
+    assert stored["schedule"] == "authors" and stored["quality_every"] == 0
+    older = {key: value for key, value in stored.items() if key not in ("schedule", "quality_every", "quality_views")}
+    settings_path.write_text(json.dumps(older, indent=2))
+    with torch_threads(1):
+        bench.main(arguments(fixture, teacher, output))
+    assert json.loads((output / "results.json").read_text())["scenes"] == results["scenes"]
+    # … but another schedule in the same folder is refused
+    with pytest.raises(SystemExit, match="schedule: 'authors' then, 'cached' now"):
+        bench.main(arguments(fixture, teacher, output, "--schedule", "cached"))
+
     # other settings in the same folder are refused, naming the difference
     with pytest.raises(SystemExit, match="iterations: 3 then, 4 now"):
         bench.main(arguments(fixture, teacher, output, "--iterations", "4"))
@@ -82,3 +97,41 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not empty"):
         bench.main(arguments(fixture, teacher, tmp_path / "other"))
+
+
+@pytest.mark.slow
+def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
+    fixture, teacher = inputs
+    bench = load_script()
+    output = tmp_path / "cached"
+    # 4 iterations, bootstrap steps 0-1, diffusion steps 2-3; probes after iterations 2 and 4
+    extra = ("--iterations", "4", "--schedule", "cached", "--quality-every", "2", "--quality-views", "2")
+    with torch_threads(1):
+        bench.main(arguments(fixture, teacher, output, *extra))
+    results = json.loads((output / "results.json").read_text())
+    assert results["settings"]["schedule"] == "cached"
+    (scene,) = fixture.sequences["test"]
+    sparsefusion = results["scenes"][scene]["sparsefusion"]
+    assert sparsefusion["schedule"] == "cached"
+    curve = sparsefusion["quality_curve"]
+    assert [point["step"] for point in curve] == [1, 3]
+    # the cached schedule regenerates every pool camera's target at step 2 (one regeneration in
+    # 2 diffusion iterations, refresh_every 200), 4 DDIM steps each; the bootstrap spends none
+    pool_size = results["scenes"][scene]["sparsefusion"]["teacher"]["eft_queries"]
+    assert curve[0]["unet_evals"] == 0 and curve[1]["unet_evals"] == pool_size * 4
+    assert sparsefusion["teacher"]["unet_evals"] == pool_size * 4
+    assert all(point["psnr"] > 0 and 0 <= point["ssim"] <= 1 for point in curve)
+    assert curve[0]["train_seconds"] <= curve[1]["train_seconds"]
+    summary_curve = results["summary"]["sparsefusion"]["quality_curve"]
+    assert [point["step"] for point in summary_curve] == [1, 3] and summary_curve[1]["psnr"] == curve[1]["psnr"]
+    assert "UNet evaluations |" in (output / "results.md").read_text()
+
+    plot_script = SCRIPT.with_name("plot_time_to_quality.py")
+    spec = importlib.util.spec_from_file_location("plot_time_to_quality", plot_script)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    picture = tmp_path / "ttq.png"
+    plot.main([str(output), str(output), "--labels", "cached", "again", "--output", str(picture)])
+    assert picture.is_file() and picture.stat().st_size > 0
+    with pytest.raises(SystemExit, match="no time-to-quality curve|does not exist"):
+        plot.main([str(tmp_path / "nothing"), "--output", str(tmp_path / "x.png")])

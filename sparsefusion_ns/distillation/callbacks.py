@@ -7,7 +7,10 @@ Every training iteration nerfstudio runs step (A), the input-view losses of
 
 1. draw a pool camera (from the checkpointed stream of :class:`DistillationState`);
 2. render it at ``render_resolution``² with gradients and upsample it bilinearly to the teacher's S²;
-3. bootstrap (step ≤ ``bootstrap_iterations``) or diffusion losses (``objective.py``);
+3. bootstrap (step ≤ ``bootstrap_iterations``) or diffusion losses (``objective.py``); the diffusion
+   target is a fresh PLMS sample (``schedule="authors"``) or the camera's cached target, regenerated
+   for the whole pool every ``cached.refresh_every`` iterations (``schedule="cached"``,
+   ``target_cache.py``);
 4. backward (through the render only) and step every optimiser, honouring the grad scaler.
 
 Start-up (:func:`start_distillation`, called from ``SparseFusionModel.get_training_callbacks``)
@@ -49,6 +52,7 @@ from sparsefusion_ns.distillation.objective import (
 )
 from sparsefusion_ns.distillation.progress import DistillationObserver, Phase, StepReport
 from sparsefusion_ns.distillation.state import DistillationState
+from sparsefusion_ns.distillation.target_cache import TargetCache
 from sparsefusion_ns.distillation.teacher_cache import TeacherCache
 from sparsefusion_ns.distillation.teacher_inputs import inputs_for_teacher, scene_frame_cameras
 from sparsefusion_ns.engine.trainer import check_finite_losses
@@ -125,6 +129,7 @@ class NovelViewStep:
         lpips: Optional[LPIPSVGG],
         attributes: TrainingCallbackAttributes,
         observer: Optional[DistillationObserver] = None,
+        last_step: Optional[int] = None,
     ) -> None:
         self.student = student
         self.config = config
@@ -145,6 +150,12 @@ class NovelViewStep:
             PLMSSamplerConfig(max_steps=config.plms_max_steps, authors_quirks=config.plms_authors_quirks),
             teacher.schedule,
         )
+        self.targets: Optional[TargetCache] = None
+        """The ``cached`` schedule's per-camera targets; None with ``authors``."""
+        if config.schedule == "cached":
+            if last_step is None:
+                raise ValueError("the cached distillation schedule needs the run's last step (last_step)")
+            self.targets = TargetCache(config, teacher, len(pool), last_step, counters)
         self.last_losses: Dict[str, Tensor] = {}
         """Step (B)'s weighted loss terms of the latest iteration (detached)."""
         self.observer = observer
@@ -180,12 +191,17 @@ class NovelViewStep:
             target_image = eft_rgb
             losses = bootstrap_losses(rgb, opacity, eft_rgb, self.config, self.student.huber_scale)
         else:
-            t = sample_start_time(generator, self.config.max_start_time)
-            with self.counters.timed() as cost:
-                target = denoised_target(self.teacher, self.sampler, rgb, view.features[None], t, generator)
-                cost.vae_encodes += 1
-                cost.unet_evals += target.num_unet_evals
-                cost.vae_decodes += 1
+            if self.targets is None:
+                t = sample_start_time(generator, self.config.max_start_time)
+                with self.counters.timed() as cost:
+                    target = denoised_target(self.teacher, self.sampler, rgb, view.features[None], t, generator)
+                    cost.vae_encodes += 1
+                    cost.unet_evals += target.num_unet_evals
+                    cost.vae_decodes += 1
+            else:
+                if self.targets.due(step):
+                    self.targets.refresh(step, lambda i: self.render(i)[0], lambda i: self.cache[i].features, generator)
+                target = self.targets[index]
             target_image, target_time = target.image, target.t
             losses = diffusion_losses(rgb, opacity, target, self.config, self.lpips)
 
@@ -294,9 +310,9 @@ def start_distillation(
     CONSOLE.print(
         f"Distillation: {len(pool)} pool cameras ({config.pool.source} pool), {cached} EFT views cached "
         f"({cache.cached_bytes / 2**20:.1f} MiB) in {counters.current.teacher_seconds:.1f} s; bootstrap until "
-        f"step {config.bootstrap_iterations}, perceptual loss {'on' if lpips is not None else 'off'}."
+        f"step {config.bootstrap_iterations}, {config.schedule} schedule, perceptual loss {'on' if lpips is not None else 'off'}."
     )
-    step_b = NovelViewStep(student, config, teacher, pool, cache, counters, lpips, attributes, observer)
+    step_b = NovelViewStep(student, config, teacher, pool, cache, counters, lpips, attributes, observer, last_step)
     callback = TrainingCallback(
         where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], update_every_num_iters=1, func=step_b
     )

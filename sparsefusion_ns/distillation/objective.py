@@ -29,7 +29,7 @@ from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.losses import opacity_regulariser, pseudo_huber
 from sparsefusion_ns.metrics import LPIPSVGG
 from sparsefusion_ns.teacher.bundle import Teacher
-from sparsefusion_ns.teacher.samplers import PLMSSampler
+from sparsefusion_ns.teacher.samplers import DDIMSampler, PLMSSampler
 
 
 def upsample(image: Float[Tensor, "b c h w"], size: int) -> Float[Tensor, "b c size size"]:
@@ -76,13 +76,14 @@ class DenoisedTarget:
     alpha_cumprod: float
     """ᾱ(t); the L1 weight is 1 − ᾱ(t)."""
     num_unet_evals: int
-    """Denoiser evaluations PLMS used (min(⌊100 t⌋, 50) + 1 with the defaults)."""
+    """Denoiser evaluations, one per image of the batch per UNet call (one image, PLMS with the
+    defaults: min(⌊100 t⌋, 50) + 1)."""
 
 
 @torch.no_grad()
 def denoised_target(
     teacher: Teacher,
-    sampler: PLMSSampler,
+    sampler: PLMSSampler | DDIMSampler,
     render_rgb: Float[Tensor, "b 3 s s"],
     features: Float[Tensor, "b c g g"],
     t: float,
@@ -90,7 +91,8 @@ def denoised_target(
 ) -> DenoisedTarget:
     """Encode the render, noise it to time t, denoise it with PLMS and decode: the target Ĩ.
 
-    Noise draws come from ``generator`` (the forward noising first, then PLMS's own draws).
+    Noise draws come from ``generator`` (the forward noising first, then the sampler's own draws).
+    A batch shares the start time t; ``num_unet_evals`` counts every image of it.
     """
     latent = teacher.vae.encode(render_rgb.detach().float())
     result = sampler.sample(teacher.unet, features, t, x_start=latent, noise=generator)
@@ -99,7 +101,7 @@ def denoised_target(
         image=image,
         t=t,
         alpha_cumprod=float(result.alpha_cumprod[0]),
-        num_unet_evals=result.num_denoiser_evals,
+        num_unet_evals=result.num_denoiser_evals * latent.shape[0],
     )
 
 
