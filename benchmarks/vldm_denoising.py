@@ -15,7 +15,6 @@ and as a mean table, and writes a picture of the rows [ground truth | one-step, 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -28,17 +27,8 @@ from sparsefusion_ns.metrics.image_metrics import psnr
 from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 
-COMPARISON = Path(__file__).resolve().parent / "mini_category_comparison.py"
-
-
-def load_comparison():
-    name = "mini_category_comparison"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, COMPARISON)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distillation_margin import load_comparison  # noqa: E402  (the comparison benchmark, loaded once)
 
 
 @torch.no_grad()
