@@ -63,23 +63,22 @@ class PairScore:
         return self.sparsefusion["psnr"] - self.nerf["psnr"]
 
 
-def score_pair(
+def scoring_settings(
     data: Path,
-    scene: str,
     teacher: Path,
-    output: Path,
+    *,
+    category: str,
+    num_input_views: int,
+    image_size: int,
     seed: int,
-    category: str = "critter",
-    num_input_views: int = 2,
-    iterations: int = QUALITY_TEST_SCHEDULE["iterations"],
-    bootstrap_iterations: int = QUALITY_TEST_SCHEDULE["bootstrap_iterations"],
+    iterations: int = 1,
+    bootstrap_iterations: int = 0,
     plms_max_steps: int = QUALITY_TEST_SCHEDULE["plms_max_steps"],
-    rays: int = QUALITY_TEST_SCHEDULE["rays"],
-    image_size: int = 64,
-) -> PairScore:
-    """Train NeRF and SparseFusion on ``scene`` with ``seed`` and score both on its held-out frames."""
-    comparison = load_comparison()
-    settings = comparison.Settings(
+    rays: int = 1,
+):
+    """The comparison benchmark's ``Settings`` for scoring one scene outside it: no figure, no LPIPS,
+    a one-step VLDM baseline (unused) and the field's render at half the teacher's image size."""
+    return load_comparison().Settings(
         data=str(Path(data).resolve()),
         category=category,
         subset="fewview_test",
@@ -97,6 +96,36 @@ def score_pair(
         lpips_vgg_weights=None,
         figure_scenes=0,
         figure_views=0,
+    )
+
+
+def score_pair(
+    data: Path,
+    scene: str,
+    teacher: Path,
+    output: Path,
+    seed: int,
+    category: str = "critter",
+    num_input_views: int = 2,
+    iterations: int = QUALITY_TEST_SCHEDULE["iterations"],
+    bootstrap_iterations: int = QUALITY_TEST_SCHEDULE["bootstrap_iterations"],
+    plms_max_steps: int = QUALITY_TEST_SCHEDULE["plms_max_steps"],
+    rays: int = QUALITY_TEST_SCHEDULE["rays"],
+    image_size: int = 64,
+) -> PairScore:
+    """Train NeRF and SparseFusion on ``scene`` with ``seed`` and score both on its held-out frames."""
+    comparison = load_comparison()
+    settings = scoring_settings(
+        data,
+        teacher,
+        category=category,
+        num_input_views=num_input_views,
+        image_size=image_size,
+        seed=seed,
+        iterations=iterations,
+        bootstrap_iterations=bootstrap_iterations,
+        plms_max_steps=plms_max_steps,
+        rays=rays,
     )
     start = time.perf_counter()
     folder = Path(output) / f"seed-{seed}"

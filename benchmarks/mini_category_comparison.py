@@ -177,6 +177,25 @@ class Settings:
     """SparseFusion's held-out PSNR is probed every this many iterations (0: never)."""
     quality_views: int = 4
     """Held-out views (spread over the sequence) scored by each probe."""
+    baselines_from: Optional[str] = None
+    """Comparison folder whose NeRF, EFT and VLDM records are reused (``--baselines-from``), or None."""
+
+
+BASELINE_METHODS = ("nerf", "eft", "vldm")
+"""Methods whose results do not depend on SparseFusion's distillation settings."""
+DISTILLATION_SETTINGS = (
+    "bootstrap_iterations",
+    "plms_max_steps",
+    "render_resolution",
+    "use_perceptual_loss",
+    "schedule",
+    "quality_every",
+    "quality_views",
+    "figure_scenes",
+    "figure_views",
+    "baselines_from",
+)
+"""Settings that change SparseFusion's run (or only the reports), never the baselines'."""
 
 
 SETTINGS_DEFAULTS = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
@@ -256,6 +275,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--quality-views", type=int, default=4, help="held-out views scored by each quality probe (default 4)"
     )
+    parser.add_argument(
+        "--baselines-from",
+        type=Path,
+        default=None,
+        help="reuse the NeRF, EFT and VLDM records of another comparison folder whose baseline settings are the "
+        "same (e.g. the authors-schedule run when measuring --schedule cached); only SparseFusion is trained",
+    )
     parser.add_argument("--figure-scenes", type=int, default=3, help="scenes in comparison.png (default 3)")
     parser.add_argument("--figure-views", type=int, default=2, help="held-out views per scene in it (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -305,6 +331,21 @@ def prepare_output(output: Path, settings: Settings, overwrite: bool) -> None:
         except OSError as error:
             raise SystemExit(f"Error: {error}") from None
     write_text_atomically(path, json.dumps(asdict(settings), indent=2))
+
+
+def check_baselines_source(source: Path, settings: Settings) -> None:
+    """Refuse a ``--baselines-from`` folder whose baselines were made with other settings."""
+    path = source / SETTINGS_FILE
+    if not path.is_file():
+        raise SystemExit(f"Error: --baselines-from {source}: no {SETTINGS_FILE} there (not a comparison folder).")
+    stored = {**SETTINGS_DEFAULTS, **json.loads(path.read_text())}
+    ours = asdict(settings)
+    changed = [key for key in ours if key not in DISTILLATION_SETTINGS and stored.get(key) != ours[key]]
+    if changed:
+        listed = "; ".join(f"{key}: {stored.get(key)!r} there, {ours[key]!r} here" for key in changed)
+        raise SystemExit(
+            f"Error: --baselines-from {source}: its NeRF, EFT and VLDM were made with other settings ({listed})."
+        )
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -555,7 +596,7 @@ class Runner:
         remaining = 0.0
         for scene in self.scenes:
             for method in STAGES:
-                if self.done(scene, method):
+                if self.done(scene, method) or self.baseline_source(scene, method) is not None:
                     continue
                 if not measured[method]:
                     return "after the first scene"
@@ -578,6 +619,26 @@ class Runner:
 
         return update
 
+    def baseline_source(self, scene: str, method: str) -> Optional[Path]:
+        """``--baselines-from``'s folder of ``scene`` if it holds ``method``'s record, else None."""
+        if self.settings.baselines_from is None or method not in BASELINE_METHODS:
+            return None
+        source = Path(self.settings.baselines_from) / "scenes" / scene
+        return source if (source / f"{method}.json").is_file() else None
+
+    def reuse_baseline(self, scene: str, method: str) -> bool:
+        """Copy ``method``'s record (and picture renders) of ``scene`` from ``--baselines-from``, if it has them."""
+        source = self.baseline_source(scene, method)
+        if source is None:
+            return False
+        record = json.loads((source / f"{method}.json").read_text())
+        record["copied_from"] = str(source / f"{method}.json")
+        for render in sorted((source / "figure").glob(f"{method}_*.png")):
+            (self.scene_dir(scene) / "figure").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(render, self.scene_dir(scene) / "figure" / render.name)
+        self.write(scene, method, record)
+        return True
+
     def write(self, scene: str, method: str, record: Dict) -> None:
         self.scene_dir(scene).mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.result_path(scene, method), json.dumps(record, indent=1))
@@ -591,7 +652,7 @@ class Runner:
             scene = load_scene(self.settings, self.output, name, self.device)
             figure = index < self.settings.figure_scenes
             for method in STAGES:
-                if self.done(name, method):
+                if self.done(name, method) or self.reuse_baseline(name, method):
                     continue
                 self.stage_started = time.perf_counter()
                 cpu_start = time.process_time()
@@ -871,6 +932,14 @@ def markdown(settings: Settings, scenes: List[str], results: Dict, summary: Dict
         + f"); perceptual (LPIPS-VGG) loss **{'on' if settings.use_perceptual_loss else 'off'}**.",
         f"- VLDM baseline: PLMS from pure noise at t = 1 in {settings.vldm_steps} steps "
         f"({settings.vldm_steps + 1} UNet evaluations per view).",
+        *(
+            [
+                f"- NeRF, EFT and VLDM are copied from `{settings.baselines_from}` (`--baselines-from`: same "
+                "baseline settings); only SparseFusion was trained here, so their wall times are that run's."
+            ]
+            if settings.baselines_from
+            else []
+        ),
         "",
         "## Time",
         "",
@@ -992,7 +1061,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         schedule=args.schedule,
         quality_every=args.quality_every,
         quality_views=args.quality_views,
+        baselines_from=str(args.baselines_from.resolve()) if args.baselines_from else None,
     )
+    if settings.baselines_from:
+        check_baselines_source(Path(settings.baselines_from), settings)
     scenes = choose_scenes(args)
     output = args.output
     prepare_output(output, settings, args.overwrite)

@@ -137,6 +137,11 @@ def finished_scenes(benchmark: Path) -> List[str]:
 
 
 def run_config_path(benchmark: Path, scene: str, method: str) -> Path:
+    """The run's ``config.yml``: in the comparison folder whose record it is (``--baselines-from`` copies keep
+    the record's origin in ``copied_from``: ``<folder>/scenes/<scene>/<method>.json``)."""
+    record = json.loads((benchmark / "scenes" / scene / f"{method}.json").read_text())
+    if "copied_from" in record:
+        benchmark = Path(record["copied_from"]).parents[2]
     return benchmark / "runs" / scene / METHOD_FOLDER / method / "config.yml"
 
 

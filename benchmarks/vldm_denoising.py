@@ -28,7 +28,7 @@ from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation_margin import load_comparison  # noqa: E402  (the comparison benchmark, loaded once)
+from distillation_margin import load_comparison, scoring_settings  # noqa: E402  (the comparison benchmark, loaded once)
 
 
 @torch.no_grad()
@@ -48,14 +48,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     comparison = load_comparison()
     teacher = Teacher.from_pretrained(args.teacher).eval()
-    settings = comparison.Settings(
-        data=str(args.data.resolve()), category=args.category, subset="fewview_test",
-        teacher=str(args.teacher.resolve()), num_input_views=args.num_input_views, iterations=1,
-        bootstrap_iterations=0, plms_max_steps=args.plms_max_steps, rays_per_batch=1,
-        render_resolution=teacher.config.eft.image_size // 2, image_size=teacher.config.eft.image_size,
-        vldm_steps=1, seed=args.seed, use_perceptual_loss=False, lpips_vgg_weights=None,
-        figure_scenes=0, figure_views=0,
-    )  # fmt: skip
+    settings = scoring_settings(
+        args.data,
+        args.teacher,
+        category=args.category,
+        num_input_views=args.num_input_views,
+        image_size=teacher.config.eft.image_size,
+        seed=args.seed,
+        plms_max_steps=args.plms_max_steps,
+    )
     scratch = Path(args.output).parent if args.output else Path("benchmarks/results")
     scene = comparison.load_scene(settings, scratch / "vldm_denoising_scratch", args.scene, "cpu")
     inputs = inputs_for_teacher(scene.datamanager, teacher)

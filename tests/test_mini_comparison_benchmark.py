@@ -126,6 +126,29 @@ def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
     assert [point["step"] for point in summary_curve] == [1, 3] and summary_curve[1]["psnr"] == curve[1]["psnr"]
     assert "UNet evaluations |" in (output / "results.md").read_text()
 
+    # another schedule's folder reuses these baselines (--baselines-from): only SparseFusion trains
+    trained = []
+    original_train = bench.train
+
+    def counting_train(config, *args, **kwargs):
+        trained.append(config.timestamp)
+        return original_train(config, *args, **kwargs)
+
+    reusing = tmp_path / "reusing"
+    with torch_threads(1), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "train", counting_train)
+        bench.main(arguments(fixture, teacher, reusing, "--iterations", "4", "--baselines-from", str(output)))
+    assert trained == ["sparsefusion"]
+    reused = json.loads((reusing / "results.json").read_text())["scenes"][scene]
+    for method in ("nerf", "eft", "vldm"):
+        assert reused[method]["mean"] == results["scenes"][scene][method]["mean"]
+        assert reused[method]["copied_from"] == str((output / "scenes" / scene / f"{method}.json").resolve())
+    assert reused["sparsefusion"]["schedule"] == "authors" and "copied_from" not in reused["sparsefusion"]
+    assert "copied from" in (reusing / "results.md").read_text()
+    # baselines made with other settings are refused, naming them
+    with pytest.raises(SystemExit, match="iterations: 4 there, 3 here"):
+        bench.main(arguments(fixture, teacher, tmp_path / "refused", "--baselines-from", str(output)))
+
     plot_script = SCRIPT.with_name("plot_time_to_quality.py")
     spec = importlib.util.spec_from_file_location("plot_time_to_quality", plot_script)
     plot = importlib.util.module_from_spec(spec)
