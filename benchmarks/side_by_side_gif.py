@@ -11,7 +11,7 @@ SparseFusion runs of one scene::
     python benchmarks/side_by_side_gif.py orbit/nerf/orbit.gif orbit/sparsefusion/orbit.gif \\
         --labels "NeRF (no teacher)" SparseFusion --output docs/images/orbit_critter_v2_0_001011.gif
 
-The frames share one 128-colour palette (taken from the middle frame), which keeps the file small.
+The frames share one 128-colour palette (from 8 frames spread over the video), which keeps the file small.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from PIL import Image, ImageDraw, ImageSequence
 
 LABEL_HEIGHT = 14
 """Pixels above each video for its label."""
+PALETTE_SAMPLES = 8
+"""Frames, spread over the video, whose colours make the shared palette."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -53,7 +55,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for column, label in enumerate(args.labels):
             draw.text((column * width + 4, 1), label, fill=(255, 255, 255))
         frames.append(canvas)
-    palette = frames[len(frames) // 2].quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    samples = frames[:: max(1, len(frames) // PALETTE_SAMPLES)]  # the palette sees colours from all around
+    mosaic = Image.new("RGB", (frames[0].width, frames[0].height * len(samples)))
+    for row, frame in enumerate(samples):
+        mosaic.paste(frame, (0, row * frames[0].height))
+    palette = mosaic.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
     indexed = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     indexed[0].save(
