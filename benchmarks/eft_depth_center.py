@@ -53,15 +53,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     teacher = Teacher.from_pretrained(args.teacher).eval()
     records = {}
     scratch = tempfile.mkdtemp(prefix="eft_depth_center_")  # the co3d crops' cache
+    settings = scoring_settings(
+        args.data,
+        args.teacher,
+        category=args.category,
+        num_input_views=args.num_input_views,
+        image_size=teacher.config.eft.image_size,
+        seed=0,
+    )
     for name in args.scenes:
-        settings = scoring_settings(
-            args.data,
-            args.teacher,
-            category=args.category,
-            num_input_views=args.num_input_views,
-            image_size=teacher.config.eft.image_size,
-            seed=0,
-        )
         scene = comparison.load_scene(settings, Path(scratch), name, "cpu")
         baseline = EFTBaseline.for_scene(teacher, scene.datamanager)
         held_out = torch.stack([ndc_cameras(view.camera).camera_centers()[0] for view in scene.views])
