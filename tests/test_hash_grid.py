@@ -22,8 +22,11 @@ LAYOUTS = {
     "4 features, dense": HashGridLayout(
         num_levels=3, features_per_level=4, log2_hashmap_size=16, base_resolution=4, max_resolution=16
     ),
+    "coarsening: hashed, then dense": HashGridLayout(
+        num_levels=3, features_per_level=2, log2_hashmap_size=12, base_resolution=32, max_resolution=8
+    ),
 }
-"""Layouts covering both index rules, a single level and several feature widths."""
+"""Layouts covering both index rules (in either order), a single level and several feature widths."""
 
 
 def reference_encode(position: torch.Tensor, table: torch.Tensor, layout: HashGridLayout) -> torch.Tensor:

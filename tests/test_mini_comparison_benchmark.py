@@ -158,3 +158,42 @@ def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
     assert picture.is_file() and picture.stat().st_size > 0
     with pytest.raises(SystemExit, match="no time-to-quality curve|does not exist"):
         plot.main([str(tmp_path / "nothing"), "--output", str(tmp_path / "x.png")])
+
+
+@pytest.mark.slow
+def test_workers_split_the_scenes_and_match_one_process(tmp_path_factory, inputs, tmp_path):
+    _, teacher = inputs
+    root = tmp_path_factory.mktemp("co3d_two")
+    fixture = write_co3d_fixture(root, Co3dFixtureConfig(frames_per_sequence=8, num_test_sequences=2))
+    first, second = fixture.sequences["test"]
+    bench = load_script()
+    output = tmp_path / "workers"
+    with torch_threads(1):
+        bench.main([*arguments(fixture, teacher, output), "--num-scenes", "2", "--workers", "2"])
+    results = json.loads((output / "results.json").read_text())
+    assert results["scenes_finished"] == [first, second] and results["machine"]["workers"] == 2
+    assert sorted(path.name for path in (output / "workers").iterdir()) == ["worker_0.log", "worker_1.log"]
+    assert first in (output / "workers" / "worker_0.log").read_text()
+    assert second in (output / "workers" / "worker_1.log").read_text()
+    assert "in each of 2 processes" in (output / "results.md").read_text()
+    assert (output / "comparison.png").is_file()
+
+    # the second scene made in this process gives the same records as the worker's
+    alone = tmp_path / "alone"
+    one_scene = arguments(fixture, teacher, alone)
+    position = one_scene.index("--num-scenes")
+    del one_scene[position : position + 2]
+    with torch_threads(1):
+        bench.main([*one_scene, "--scenes", second])
+    ours = json.loads((alone / "results.json").read_text())["scenes"][second]
+    theirs = results["scenes"][second]
+    for method in ("nerf", "eft", "vldm", "sparsefusion"):
+        # same seed, one torch thread each: the same arithmetic, so the same numbers
+        assert ours[method]["mean"] == theirs[method]["mean"], method
+
+    # a worker that fails stops the command, naming its scenes and showing its log's end
+    failing = arguments(fixture, teacher, tmp_path / "failing")
+    failing[failing.index("--teacher") + 1] = str(tmp_path / "no_teacher")
+    options = bench.parse_args([*failing, "--workers", "2"])
+    with pytest.raises(SystemExit, match=f"(?s)the process of {first} exited with 1;.*no_teacher.*Rerun the same"):
+        bench.run_workers(options, failing, tmp_path / "failing", [first, second])

