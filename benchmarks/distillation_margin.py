@@ -99,6 +99,36 @@ def scoring_settings(
     )
 
 
+def teacher_and_scene_loader(
+    data: Path,
+    teacher_path: Path,
+    scratch: Path,
+    *,
+    category: str,
+    num_input_views: int,
+    seed: int = 0,
+    plms_max_steps: int = QUALITY_TEST_SCHEDULE["plms_max_steps"],
+):
+    """A teacher (eval mode) and ``load(name)``, which loads a test scene as the comparison scores it.
+
+    The scenes' co3d crops are cached under ``scratch``; settings as :func:`scoring_settings`.
+    """
+    from sparsefusion_ns.teacher.bundle import Teacher
+
+    comparison = load_comparison()
+    teacher = Teacher.from_pretrained(teacher_path).eval()
+    settings = scoring_settings(
+        data,
+        teacher_path,
+        category=category,
+        num_input_views=num_input_views,
+        image_size=teacher.config.eft.image_size,
+        seed=seed,
+        plms_max_steps=plms_max_steps,
+    )
+    return teacher, lambda name: comparison.load_scene(settings, Path(scratch), name, "cpu")
+
+
 def score_pair(
     data: Path,
     scene: str,

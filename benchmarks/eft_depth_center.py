@@ -29,11 +29,10 @@ import torch
 from sparsefusion_ns.distillation.teacher_inputs import ndc_cameras
 from sparsefusion_ns.evaluation.eft_baseline import EFTBaseline
 from sparsefusion_ns.evaluation.held_out import evaluate_views
-from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.utils.atomic_files import write_text_atomically
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation_margin import load_comparison, scoring_settings  # noqa: E402  (the comparison benchmark)
+from distillation_margin import teacher_and_scene_loader  # noqa: E402  (the comparison benchmark's scenes)
 
 
 @torch.no_grad()
@@ -49,20 +48,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    comparison = load_comparison()
-    teacher = Teacher.from_pretrained(args.teacher).eval()
     records = {}
     scratch = tempfile.mkdtemp(prefix="eft_depth_center_")  # the co3d crops' cache
-    settings = scoring_settings(
-        args.data,
-        args.teacher,
-        category=args.category,
-        num_input_views=args.num_input_views,
-        image_size=teacher.config.eft.image_size,
-        seed=0,
+    teacher, load_scene = teacher_and_scene_loader(
+        args.data, args.teacher, Path(scratch), category=args.category, num_input_views=args.num_input_views
     )
     for name in args.scenes:
-        scene = comparison.load_scene(settings, Path(scratch), name, "cpu")
+        scene = load_scene(name)
         baseline = EFTBaseline.for_scene(teacher, scene.datamanager)
         held_out = torch.stack([ndc_cameras(view.camera).camera_centers()[0] for view in scene.views])
         every_frame = torch.cat([held_out, baseline.cameras.camera_centers()])

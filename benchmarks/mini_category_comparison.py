@@ -571,6 +571,19 @@ class SceneEtaColumn(ProgressColumn):
         return self._fallback.render(task)
 
 
+def progress_display() -> Progress:
+    """Bars with elapsed time and an ETA (the task's ``eta`` field when it has one), nerfstudio's console."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        SceneEtaColumn(),
+        console=CONSOLE,
+    )
+
+
 class Runner:
     """Runs the stages of every scene, writing each method's result as soon as it is known."""
 
@@ -1080,15 +1093,7 @@ def run_workers(args: argparse.Namespace, argv: Sequence[str], output: Path, sce
     records = lambda: sum(  # noqa: E731
         (output / "scenes" / scene / f"{method}.json").is_file() for scene in scenes for method in STAGES
     )
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=CONSOLE,
-    )
+    progress = progress_display()
     try:
         with progress:
             task = progress.add_task("methods × scenes", total=len(scenes) * len(STAGES), completed=records())
@@ -1184,15 +1189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             )
         write_reports(output, settings, scenes, figure_scenes, command, teacher_info, args.workers)
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        SceneEtaColumn(),
-        console=CONSOLE,
-    )
+    progress = progress_display()
     with progress:
         runner = Runner(
             settings, output, args.worker_scenes or scenes, progress, device, scenes[: settings.figure_scenes]

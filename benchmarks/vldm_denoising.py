@@ -24,11 +24,10 @@ from torchvision.utils import save_image
 
 from sparsefusion_ns.distillation.teacher_inputs import inputs_for_teacher, ndc_cameras
 from sparsefusion_ns.metrics.image_metrics import psnr
-from sparsefusion_ns.teacher.bundle import Teacher
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation_margin import load_comparison, scoring_settings  # noqa: E402  (the comparison benchmark, loaded once)
+from distillation_margin import teacher_and_scene_loader  # noqa: E402  (the comparison benchmark's scenes)
 
 
 @torch.no_grad()
@@ -46,19 +45,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="PNG of the denoised views")
     args = parser.parse_args(argv)
 
-    comparison = load_comparison()
-    teacher = Teacher.from_pretrained(args.teacher).eval()
-    settings = scoring_settings(
+    scratch = Path(args.output).parent if args.output else Path("benchmarks/results")
+    teacher, load_scene = teacher_and_scene_loader(
         args.data,
         args.teacher,
+        scratch / "vldm_denoising_scratch",
         category=args.category,
         num_input_views=args.num_input_views,
-        image_size=teacher.config.eft.image_size,
         seed=args.seed,
         plms_max_steps=args.plms_max_steps,
     )
-    scratch = Path(args.output).parent if args.output else Path("benchmarks/results")
-    scene = comparison.load_scene(settings, scratch / "vldm_denoising_scratch", args.scene, "cpu")
+    scene = load_scene(args.scene)
     inputs = inputs_for_teacher(scene.datamanager, teacher)
     schedule = teacher.schedule
     sampler = PLMSSampler(PLMSSamplerConfig(max_steps=args.plms_max_steps), schedule)
