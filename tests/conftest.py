@@ -1,5 +1,12 @@
 """Shared pytest fixtures.
 
+The tests that train through nerfstudio's trainer on a demo scene share ``scene`` (the 12-view, 32²
+demo scene), ``teacher_folder`` (a random ``Teacher.tiny`` saved as a teacher folder) and
+``one_torch_thread``, all made once per module. A module that trains marks itself with
+``pytestmark = pytest.mark.usefixtures("one_torch_thread")``: one torch thread for the whole module,
+set before its runs, so every run uses the same float summation order (on a small shared CPU,
+competing OpenMP threads also make every step many times slower).
+
 `shared_dir` points at the project's read-only reference folder (`../shared` beside the
 repository; override with ``SPARSEFUSION_SHARED_DIR``). Outside CI a missing folder skips the
 tests that need it; in CI (``CI=true``) it is an error, so a broken checkout cannot pass silently.
@@ -39,3 +46,25 @@ def _deterministic_torch():
     timings or float summation order depend on it pin their own count with ``tests.torch_threads``."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    from tests.torch_threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    from tests.scenes import demo_scene
+
+    return demo_scene(tmp_path_factory.mktemp("scene"), num_views=12, resolution=32)
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory) -> Path:
+    from sparsefusion_ns.teacher.bundle import Teacher
+
+    return Teacher.tiny(seed=0).save_pretrained(tmp_path_factory.mktemp("teacher") / "tiny_teacher")

@@ -14,20 +14,9 @@ from sparsefusion_ns.engine.trainer import TrainingDivergedError
 from sparsefusion_ns.model.sparsefusion_model import SparseFusionModel
 from sparsefusion_ns.utils import atomic_files
 from sparsefusion_ns.utils.atomic_files import DiskFullError
-from tests.scenes import demo_scene
 from tests.tiny_training import tiny_trainer_config, train
-from tests.torch_threads import torch_threads
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    return demo_scene(tmp_path_factory.mktemp("scene"), num_views=12, resolution=32)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def small_config(scene: Path, output: Path, iterations: int, save_every: int, load_dir=None):

@@ -17,8 +17,6 @@ import tyro
 from sparsefusion_ns.distillation.config import DistillationConfig
 from sparsefusion_ns.distillation.target_cache import annealed_max_start_time, expected_unet_evals
 from sparsefusion_ns.plugin.method_configs import sparsefusion_config, sparsefusion_mini_config
-from sparsefusion_ns.teacher.bundle import Teacher
-from tests.scenes import demo_scene
 from tests.test_distillation_training import (
     BOOTSTRAP,
     ITERATIONS,
@@ -29,27 +27,12 @@ from tests.test_distillation_training import (
     seed_everything,
     step_b,
 )
-from tests.torch_threads import torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 REFRESH_EVERY = 2  # regenerations at steps 3 and 5 of an uninterrupted run
 DDIM_STEPS = 2
 BATCH = 4  # 9 cameras: batches of 4, 4 and 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    return demo_scene(tmp_path_factory.mktemp("scene"), num_views=12, resolution=32)
-
-
-@pytest.fixture(scope="module")
-def teacher_folder(tmp_path_factory) -> Path:
-    return Teacher.tiny(seed=0).save_pretrained(tmp_path_factory.mktemp("teacher") / "tiny_teacher")
 
 
 def cached_config(scene: Path, output: Path, teacher: Path, **kwargs):

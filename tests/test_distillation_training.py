@@ -22,33 +22,13 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from sparsefusion_ns.distillation.callbacks import NovelViewStep, TeacherLoadError
 from sparsefusion_ns.metrics import LPIPSVGG, LPIPSWeightsNotFoundError
 from sparsefusion_ns.plugin.method_configs import sparsefusion_config
-from sparsefusion_ns.teacher.bundle import Teacher
-from tests.scenes import demo_scene
 from tests.tiny_training import tiny_trainer_config
-from tests.torch_threads import torch_threads
 
 ITERATIONS = 6
 BOOTSTRAP = 2  # steps 0, 1, 2 bootstrap; 3, 4, 5 diffusion
 POOL_SIZE = 3 + 4 + 2  # input views + circle cameras + random orbit cameras
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One torch thread for the whole module (set up before the module's runs, so every run uses the
-    same float summation order): on a small shared CPU, competing OpenMP threads also make every step
-    many times slower."""
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    return demo_scene(tmp_path_factory.mktemp("scene"), num_views=12, resolution=32)
-
-
-@pytest.fixture(scope="module")
-def teacher_folder(tmp_path_factory) -> Path:
-    return Teacher.tiny(seed=0).save_pretrained(tmp_path_factory.mktemp("teacher") / "tiny_teacher")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
