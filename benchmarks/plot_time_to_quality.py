@@ -5,7 +5,8 @@
 
 Every argument is an output folder of ``benchmarks/mini_category_comparison.py`` run with
 ``--quality-every N``. Each folder gives one curve (labelled with its schedule, or ``--labels``): the
-mean over its finished scenes of the held-out PSNR probed every N iterations, against the mean
+mean over its finished scenes (or the ``--scenes`` given, so that folders with different scenes are
+compared on the same ones) of the held-out PSNR probed every N iterations, against the mean
 teacher UNet evaluations spent by then (``summary.sparsefusion.quality_curve`` of its
 ``results.json``). Thin lines are the single scenes. A second panel draws the same points against
 the training's wall seconds (probes excluded).
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 
-def read_curves(folder: Path) -> Dict[str, object]:
-    """The folder's schedule, mean curve and per-scene curves (error naming the folder if it has none)."""
+def read_curves(folder: Path, only: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """The folder's schedule, mean curve and per-scene curves (error naming the folder if it has none).
+
+    With ``only``, the curves of those scenes alone and their mean (every one must have a curve)."""
     path = folder / "results.json"
     if not path.is_file():
         raise SystemExit(f"Error: {path} does not exist: is {folder} an output folder of mini_category_comparison.py?")
@@ -31,16 +34,35 @@ def read_curves(folder: Path) -> Dict[str, object]:
         raise SystemExit(
             f"Error: {path} holds no time-to-quality curve: run mini_category_comparison.py with --quality-every N."
         )
-    scenes: List[List[Dict]] = [
-        records["sparsefusion"]["quality_curve"]
-        for records in document.get("scenes", {}).values()
+    curves = {
+        name: records["sparsefusion"]["quality_curve"]
+        for name, records in document.get("scenes", {}).items()
         if records.get("sparsefusion", {}).get("quality_curve")
-    ]
+    }
+    if only is not None:
+        missing = [name for name in only if name not in curves]
+        if missing:
+            raise SystemExit(f"Error: {path} has no time-to-quality curve of {', '.join(missing)}.")
+        curves = {name: curves[name] for name in only}
+        mean = [
+            {key: sum(curve[index][key] for curve in curves.values()) / len(curves) for key in MEAN_KEYS}
+            for index in range(min(len(curve) for curve in curves.values()))
+        ]
     schedule = summary.get("schedule") or document.get("settings", {}).get("schedule", "authors")
-    return {"schedule": schedule, "mean": mean, "scenes": scenes}
+    return {"schedule": schedule, "mean": mean, "scenes": list(curves.values())}
 
 
-def plot(folders: Sequence[Path], output: Path, labels: Optional[Sequence[str]], title: Optional[str]) -> Path:
+MEAN_KEYS = ("step", "psnr", "unet_evals", "train_seconds")
+"""What a mean curve point holds when ``--scenes`` picks the scenes."""
+
+
+def plot(
+    folders: Sequence[Path],
+    output: Path,
+    labels: Optional[Sequence[str]],
+    title: Optional[str],
+    scenes: Optional[Sequence[str]] = None,
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +72,7 @@ def plot(folders: Sequence[Path], output: Path, labels: Optional[Sequence[str]],
         raise SystemExit(f"Error: {len(labels)} --labels for {len(folders)} folders")
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     for position, folder in enumerate(folders):
-        curves = read_curves(folder)
+        curves = read_curves(folder, scenes)
         label = labels[position] if labels is not None else f"{curves['schedule']} ({folder.name})"
         colour = f"C{position}"
         for axis, x_key in zip(axes[0], ("unet_evals", "train_seconds")):
@@ -80,8 +102,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="PNG to write")
     parser.add_argument("--labels", nargs="+", default=None, help="one curve label per folder (default: schedule)")
     parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument(
+        "--scenes", nargs="+", default=None, help="draw and average these scenes only (default: every finished one)"
+    )
     args = parser.parse_args(argv)
-    print(plot(args.folders, args.output, args.labels, args.title))
+    print(plot(args.folders, args.output, args.labels, args.title, args.scenes))
 
 
 if __name__ == "__main__":

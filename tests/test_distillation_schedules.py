@@ -1,7 +1,8 @@
 """The distillation's target schedules: ``cached`` counts what it promises, resumes by regenerating,
 and the expected UNet evaluations per scene of the ``sparsefusion-mini`` schedule are ≥ 10× fewer.
 
-``authors`` (the default) is covered, unchanged, by test_distillation_training.py and the goldens.
+``authors`` (the paper's, one flag away from the default ``cached``) is covered, unchanged, by
+test_distillation_training.py and the goldens.
 Sizes are those of test_distillation_training.py: a random tiny teacher, a 9-camera pool, 6
 iterations of which steps 3-5 distil the diffusion model.
 """
@@ -87,11 +88,12 @@ def test_the_cached_schedule_is_ten_times_cheaper_at_the_mini_schedule():
     pool = distillation.pool
     pool_size = 2 + pool.num_circle_cameras + pool.num_random_cameras  # V = 2 inputs
     assert pool_size == 38
+    assert distillation.schedule == "cached"  # the default
+    cached = expected_unet_evals(distillation, mini.max_num_iterations, pool_size)
+    distillation.schedule = "authors"
     authors = expected_unet_evals(distillation, mini.max_num_iterations, pool_size)
     # 399 diffusion iterations · E[min(max(⌊20t⌋, 1), 10) + 1] = 399 · (1 + 7.2 / 0.99), t ~ U(0, 0.99)
     assert authors == pytest.approx(399 * (1 + 7.2 / 0.99), rel=1e-4)  # 1e-4: the midpoint grid's error
-    distillation.schedule = "cached"
-    cached = expected_unet_evals(distillation, mini.max_num_iterations, pool_size)
     assert cached == 2 * 38 * 4
     assert authors / cached >= 10
 
@@ -104,14 +106,13 @@ def test_start_time_bound_anneals_over_the_diffusion_phase():
     assert annealed_max_start_time(config, 20, last_step=20) == pytest.approx(0.5)
 
 
-def test_schedule_command_line_names_and_authors_default():
+def test_cached_is_the_default_and_authors_one_flag_away():
     config = sparsefusion_config()
-    assert config.pipeline.model.distillation.schedule == "authors"
+    assert config.pipeline.model.distillation.schedule == "cached"
     parsed = tyro.cli(
         tyro.conf.FlagConversionOff[type(config)],
         default=config,
         args=[
-            "--pipeline.model.distillation.schedule", "cached",
             "--pipeline.model.distillation.cached.refresh-every", "100",
             "--pipeline.model.distillation.cached.ddim-steps", "5",
         ],
@@ -119,3 +120,26 @@ def test_schedule_command_line_names_and_authors_default():
     distillation = parsed.pipeline.model.distillation
     assert distillation.schedule == "cached"
     assert (distillation.cached.refresh_every, distillation.cached.ddim_steps) == (100, 5)
+    args = ["--pipeline.model.distillation.schedule", "authors"]
+    parsed = tyro.cli(tyro.conf.FlagConversionOff[type(config)], default=config, args=args)
+    assert parsed.pipeline.model.distillation.schedule == "authors"
+
+
+def test_config_files_from_before_the_schedule_option_resume_as_authors(tmp_path):
+    """A run's config.yml written before ``schedule`` existed: that run used the authors' schedule."""
+    import yaml
+
+    from sparsefusion_ns.engine.config_files import load_run_config
+
+    config = sparsefusion_config()
+    text = yaml.dump(config)
+    line = "\n      schedule: cached\n"  # a field of pipeline.model.distillation
+    assert text.count(line) == 1
+    path = tmp_path / "config.yml"
+    path.write_text(text.replace(line, "\n"))
+    assert load_run_config(path).pipeline.model.distillation.schedule == "authors"
+    assert (
+        yaml.load(path.read_text(), Loader=yaml.Loader).pipeline.model.distillation.schedule == "authors"
+    )  # nerfstudio's
+    path.write_text(text)
+    assert load_run_config(path).pipeline.model.distillation.schedule == "cached"

@@ -158,6 +158,11 @@ def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
     assert picture.is_file() and picture.stat().st_size > 0
     with pytest.raises(SystemExit, match="no time-to-quality curve|does not exist"):
         plot.main([str(tmp_path / "nothing"), "--output", str(tmp_path / "x.png")])
+    # --scenes: the mean over the scenes named (here the only one: its own curve)
+    only = plot.read_curves(output, [scene])
+    assert [point["psnr"] for point in only["mean"]] == [point["psnr"] for point in curve]
+    with pytest.raises(SystemExit, match="no time-to-quality curve of no_such_scene"):
+        plot.main([str(output), "--scenes", "no_such_scene", "--output", str(tmp_path / "x.png")])
 
 
 @pytest.mark.slow

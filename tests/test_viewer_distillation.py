@@ -110,6 +110,7 @@ def _arguments(scene: Path, checkpoints: Path, teacher: Path, output_dir: Path, 
         "--pipeline.model.distillation.render-resolution", "16",
         "--pipeline.model.distillation.bootstrap-iterations", str(BOOTSTRAP_UNTIL),
         "--pipeline.model.distillation.plms-max-steps", "4",
+        "--pipeline.model.distillation.schedule", "authors",  # a target, and UNet evaluations, every step
         "--pipeline.model.distillation.use-perceptual-loss", "False",
         "--pipeline.model.viewer-panel.image-every", "1",
         "sparse-views", "--input-views", "0", "4", "8",

@@ -5,7 +5,10 @@
 on the MLP, input views rendered at half resolution (256² CO3D crops → 128²), 128² = 16384 rays a
 step. With ``--pipeline.model.teacher FOLDER`` every iteration also runs the distillation step (B):
 a 128² render of a novel camera, upsampled to 256², supervised by the EFT for the first 1000
-iterations and by the diffusion model after. ``sparsefusion-tiny`` is the same method at sizes that
+iterations and by the diffusion model after, through the ``cached`` distillation schedule by
+default (a target per pool camera, refreshed in batches: docs/schedules.md);
+``--pipeline.model.distillation.schedule authors`` asks for a fresh PLMS target every iteration, as
+the paper does. ``sparsefusion-tiny`` is the same method at sizes that
 train in seconds on a CPU (with a tiny teacher: 64² teacher images, 32² renders).
 ``sparsefusion-mini`` is the paper's method sized for the ``mini`` teacher (64² images, 16² latents)
 on a CPU: the paper's structure and ratios at a quarter of the image side, a shortened schedule
@@ -129,7 +132,8 @@ def sparsefusion_mini_config() -> SparseFusionTrainerConfig:
       32 + 32 samples per ray) instead of the paper's 16 levels, 2^16 entries, 64 + 64 samples: the
       paper's field costs ≈ 7× more per ray on a CPU.
     - **Schedule**: 600 iterations of which the first 200 bootstrap from the EFT (steps 0–200), then
-      the diffusion phase (the paper: 3000 with 1000 bootstrap, the same one-third split). PLMS
+      the diffusion phase (the paper: 3000 with 1000 bootstrap, the same one-third split), with the
+      ``cached`` targets by default (304 UNet evaluations a scene). With ``schedule authors``, PLMS
       denoises in at most 10 steps (``plms_max_steps``; the paper 50): its step count follows t as
       the paper's, min(⌊2 · 10 · t⌋, 10), so a target costs ≈ 8.6 UNet evaluations on average
       instead of ≈ 38. Measured as above over a whole 600-iteration run with the random-weight mini

@@ -22,7 +22,7 @@ Subcommands:
   lowest-density tenth of the vertices removed, as ``ns-export poisson`` → ``poisson_mesh.ply``
   (vertex colours from the points) and ``point_cloud.ply``;
 - ``tsdf``: nerfstudio's ``TSDF`` volume fusing a depth map per camera in one pass
-  (:mod:`sparsefusion_ns.utils.tsdf_fusion`: an equal-weight mean over cameras). Pixels the field
+  (:mod:`sparsefusion_ns.utils.tsdf_fusion`: one projection per camera, nerfstudio's update rule). Pixels the field
   leaves transparent (accumulation < 0.5) get a depth beyond the volume, so they carve free
   space: with cameras all around, that is the object's visual hull refined by the depths. Voxels
   no camera sees are free space (nerfstudio's own integration leaves them solid, which walls the
