@@ -99,6 +99,14 @@ def scoring_settings(
     )
 
 
+def add_scene_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--category``, ``--teacher`` and ``--num-input-views``: what :func:`teacher_and_scene_loader` needs."""
+    parser.add_argument("--data", type=Path, required=True, help="category root (CO3Dv2 layout)")
+    parser.add_argument("--category", default="critter")
+    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--num-input-views", type=int, default=2)
+
+
 def teacher_and_scene_loader(
     data: Path,
     teacher_path: Path,

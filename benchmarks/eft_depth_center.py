@@ -32,17 +32,14 @@ from sparsefusion_ns.evaluation.held_out import evaluate_views
 from sparsefusion_ns.utils.atomic_files import write_text_atomically
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation_margin import teacher_and_scene_loader  # noqa: E402  (the comparison benchmark's scenes)
+from distillation_margin import add_scene_source_arguments, teacher_and_scene_loader  # noqa: E402  (the comparison benchmark's scenes)
 
 
 @torch.no_grad()
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="category root (CO3Dv2 layout)")
-    parser.add_argument("--category", default="critter")
-    parser.add_argument("--teacher", type=Path, required=True)
+    add_scene_source_arguments(parser)
     parser.add_argument("--scenes", nargs="+", required=True, help="test sequence names")
-    parser.add_argument("--num-input-views", type=int, default=2)
     parser.add_argument("--output", type=Path, required=True, help="JSON record")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)

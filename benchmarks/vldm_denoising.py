@@ -27,17 +27,14 @@ from sparsefusion_ns.metrics.image_metrics import psnr
 from sparsefusion_ns.teacher.samplers import PLMSSampler, PLMSSamplerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation_margin import teacher_and_scene_loader  # noqa: E402  (the comparison benchmark's scenes)
+from distillation_margin import add_scene_source_arguments, teacher_and_scene_loader  # noqa: E402  (the comparison benchmark's scenes)
 
 
 @torch.no_grad()
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="category root (CO3Dv2 layout)")
-    parser.add_argument("--category", default="critter")
+    add_scene_source_arguments(parser)
     parser.add_argument("--scene", required=True, help="test sequence name")
-    parser.add_argument("--teacher", type=Path, required=True)
-    parser.add_argument("--num-input-views", type=int, default=2)
     parser.add_argument("--views", type=int, nargs="+", default=[3, 11, 20], help="held-out view positions")
     parser.add_argument("--times", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--plms-max-steps", type=int, default=10)

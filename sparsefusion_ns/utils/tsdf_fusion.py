@@ -44,8 +44,8 @@ def fuse_depth_maps(
 
     ``tsdf`` is a ``nerfstudio.exporter.tsdf_utils.TSDF`` (its voxel grid and truncation are used,
     its previous contents ignored); the result is what ``integrate_tsdf`` over the same cameras
-    gives, with the voxels no camera sees set to +1. ``batch_size`` cameras are projected at a time (memory: about
-    ``batch_size × voxels × 60`` bytes).
+    gives, with the voxels no camera sees set to +1. ``batch_size`` cameras are projected at a time
+    (memory: about ``batch_size × voxels × 60`` bytes).
     """
     shape = tsdf.values.shape
     device = tsdf.values.device
@@ -83,7 +83,7 @@ def fuse_depth_maps(
             colours_fused = torch.where(update[:, None], mixed, colours_fused)
             weights = torch.where(update, 1.0, weights)
         seen |= inside.any(0)
-    values = torch.where(seen | (weights > 0), values, 1.0)  # never seen: free space
+    values = torch.where(seen, values, 1.0)  # never seen: free space (an updated voxel was seen)
     tsdf.values = values.reshape(shape)
     tsdf.weights = weights.reshape(shape)
     tsdf.colors = colours_fused.reshape(*shape, 3)
