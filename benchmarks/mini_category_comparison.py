@@ -571,6 +571,11 @@ class SceneEtaColumn(ProgressColumn):
         return self._fallback.render(task)
 
 
+def record_path(output: Path, scene: str, method: str) -> Path:
+    """Where a comparison folder keeps ``method``'s record of ``scene`` (written once the method finished)."""
+    return output / "scenes" / scene / f"{method}.json"
+
+
 def progress_display() -> Progress:
     """Bars with elapsed time and an ETA (the task's ``eta`` field when it has one), nerfstudio's console."""
     return Progress(
@@ -617,7 +622,7 @@ class Runner:
         return self.output / "scenes" / scene
 
     def result_path(self, scene: str, method: str) -> Path:
-        return self.scene_dir(scene) / f"{method}.json"
+        return record_path(self.output, scene, method)
 
     def done(self, scene: str, method: str) -> bool:
         return self.result_path(scene, method).is_file()
@@ -861,7 +866,7 @@ def collect(output: Path, scenes: List[str]) -> Dict[str, Dict[str, Dict]]:
     """scene → method → record, for the scenes whose four methods are finished."""
     results = {}
     for scene in scenes:
-        paths = {method: output / "scenes" / scene / f"{method}.json" for method in METHODS}
+        paths = {method: record_path(output, scene, method) for method in METHODS}
         if all(path.is_file() for path in paths.values()):
             results[scene] = {method: json.loads(path.read_text()) for method, path in paths.items()}
     return results
@@ -1063,7 +1068,7 @@ def write_reports(
 
 # ----------------------------------------------------------------------------------------- workers
 def scene_finished(output: Path, scene: str) -> bool:
-    return all((output / "scenes" / scene / f"{method}.json").is_file() for method in STAGES)
+    return all(record_path(output, scene, method).is_file() for method in STAGES)
 
 
 def run_workers(args: argparse.Namespace, argv: Sequence[str], output: Path, scenes: List[str]) -> None:
@@ -1091,7 +1096,7 @@ def run_workers(args: argparse.Namespace, argv: Sequence[str], output: Path, sce
         f"{len(todo)} scenes in {len(groups)} processes of {threads} torch thread(s) each; logs in {escape(str(logs))}"
     )
     records = lambda: sum(  # noqa: E731
-        (output / "scenes" / scene / f"{method}.json").is_file() for scene in scenes for method in STAGES
+        record_path(output, scene, method).is_file() for scene in scenes for method in STAGES
     )
     progress = progress_display()
     try:
