@@ -86,10 +86,11 @@ def lpips_stubbed() -> Iterator[None]:
         yield
 
 
-def sparsefusion_tiny(scene: Path, rays: int, input_views: Tuple[int, ...]) -> TrainerConfig:
-    from sparsefusion_ns.plugin.method_configs import sparsefusion_tiny_config
+def sparsefusion_on_benchmark_data(method: str, scene: Path, rays: int, input_views: Tuple[int, ...]) -> TrainerConfig:
+    """The registered SparseFusion ``method`` (its field and sampling) on the benchmark's data and rays."""
+    from sparsefusion_ns.plugin.method_configs import sparsefusion_config, sparsefusion_tiny_config
 
-    config = sparsefusion_tiny_config()
+    config = {"sparsefusion-tiny": sparsefusion_tiny_config, "sparsefusion": sparsefusion_config}[method]()
     datamanager = config.pipeline.datamanager
     datamanager.data = scene
     datamanager.dataparser.input_views = input_views
@@ -97,20 +98,8 @@ def sparsefusion_tiny(scene: Path, rays: int, input_views: Tuple[int, ...]) -> T
     return config
 
 
-def sparsefusion_paper(scene: Path, rays: int, input_views: Tuple[int, ...]) -> TrainerConfig:
-    """The ``sparsefusion`` method (the paper's field and sampling) on the benchmark's data and rays."""
-    from sparsefusion_ns.plugin.method_configs import sparsefusion_config
-
-    config = sparsefusion_config()
-    datamanager = config.pipeline.datamanager
-    datamanager.data = scene
-    datamanager.dataparser.input_views = input_views
-    datamanager.train_num_rays_per_batch = rays
-    return config
-
-
-SPARSEFUSION_CONFIGS = {"sparsefusion-tiny": sparsefusion_tiny, "sparsefusion": sparsefusion_paper}
-"""The SparseFusion configs this benchmark can time, by method name."""
+SPARSEFUSION_METHODS = ("sparsefusion-tiny", "sparsefusion")
+"""The SparseFusion methods this benchmark can time."""
 
 
 def nerfacto_on_same_data(sparsefusion: TrainerConfig) -> TrainerConfig:
@@ -234,8 +223,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=tuple(SPARSEFUSION_CONFIGS),
-        default=list(SPARSEFUSION_CONFIGS),
+        choices=SPARSEFUSION_METHODS,
+        default=list(SPARSEFUSION_METHODS),
         help="SparseFusion configs to compare with nerfacto (default: both)",
     )
     parser.add_argument(
@@ -272,7 +261,7 @@ def main() -> None:
         for rays in args.rays:
             ours_list = []
             for method in args.methods:
-                ours_config = SPARSEFUSION_CONFIGS[method](scene, rays, input_views)
+                ours_config = sparsefusion_on_benchmark_data(method, scene, rays, input_views)
                 ours = build(method, ours_config)
                 if args.novel_resolution > 0:
                     attach_novel_view(ours, ours_config, args.novel_resolution)
@@ -317,7 +306,7 @@ def main() -> None:
         mean = statistics.fmean(contender.seconds)
         median = statistics.median(contender.seconds)
         ratio = novel = both = ""
-        if contender.name in SPARSEFUSION_CONFIGS:
+        if contender.name in SPARSEFUSION_METHODS:
             ratio = f"{by_rays[contender.rays]['nerfacto (torch)'] / mean:.2f}"
         if contender.novel_seconds:
             novel_mean = statistics.fmean(contender.novel_seconds)

@@ -15,6 +15,7 @@ from sparsefusion_ns.distillation.novel_cameras import (
     build_novel_camera_pool,
     elevate,
     fit_camera_circle,
+    fit_orbit,
     look_at_cameras,
     mean_up_vector,
     principal_axes,
@@ -82,6 +83,23 @@ def test_look_at_point_is_nearest_to_all_principal_axes():
     distances = (offsets - (offsets * d).sum(-1, keepdim=True) * d).pow(2).sum()
     (gradient,) = torch.autograd.grad(distances, point)
     assert float(gradient.abs().max()) < 1e-4  # float32 round-off of a sum of six squares ~10
+
+
+def test_optical_axes_find_the_look_at_point_when_principal_points_differ():
+    """Crops around each input's mask give every camera its own principal point: the rays through the
+    mean principal point then miss the point all cameras aim at, the optical axes do not."""
+    cameras = NDCCameras.cat([orbit_cameras([0], principal=(-0.1, 0.07)), orbit_cameras([45], principal=(0.45, -0.04))])
+    _, optical = fit_orbit(cameras, "optical")
+    _, mean_principal = fit_orbit(cameras, "mean_principal_point")
+    torch.testing.assert_close(optical, L, atol=1e-4, rtol=0)  # float32 solve of lines ~3 units long
+    assert float((mean_principal - L).norm()) > 0.1
+    # with equal principal points the two are the same lines
+    same = orbit_cameras([0, 45], principal=(0.2, 0.1))
+    torch.testing.assert_close(fit_orbit(same, "optical")[1], fit_orbit(same)[1], atol=1e-4, rtol=0)
+    config = NovelCameraPoolConfig(look_at_axes="optical", num_circle_cameras=4, num_random_cameras=0)
+    torch.testing.assert_close(
+        build_novel_camera_pool(config, cameras, torch.Generator()).look_at, L, atol=1e-4, rtol=0
+    )
 
 
 def test_circle_fit_recovers_the_orbit():
@@ -179,6 +197,27 @@ def test_authors_pool_is_every_frame_plus_the_circle():
     torch.testing.assert_close(pool.circle.centre, C0, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="scene_frames"):
         build_novel_camera_pool(config, inputs, torch.Generator())
+
+
+def test_a_given_orbit_places_the_generated_cameras_and_keeps_the_inputs():
+    """``orbit=``: the inputs pool's cameras on an orbit fitted elsewhere (the frame-orbit ablation)."""
+    frames = orbit_cameras([0, 40, 80, 120, 160, 200, 240, 280, 320])
+    # two inputs whose own fit is off: looking at a point 0.8 away from L, from a radius-5 orbit
+    shifted = L + torch.tensor([0.8, 0.0, 0.0])
+    inputs = look_at_cameras(
+        frames[[0, 2]].camera_centers() * 1.6, shifted, N, torch.tensor([2.0, 2.1]), torch.zeros(2)
+    )
+    config = NovelCameraPoolConfig(num_circle_cameras=6, num_random_cameras=4, elevation_jitter=0.0)
+    own = build_novel_camera_pool(config, inputs, torch.Generator().manual_seed(0))
+    given = build_novel_camera_pool(config, inputs, torch.Generator().manual_seed(0), orbit=fit_orbit(frames))
+    assert given.kinds == own.kinds == ("input",) * 2 + ("circle",) * 6 + ("random",) * 4
+    torch.testing.assert_close(given.cameras[:2].T, inputs.T)
+    torch.testing.assert_close(given.look_at, L, atol=1e-4, rtol=0)  # the frames' look-at point, not the inputs'
+    assert float((own.look_at - L).norm()) > 0.5
+    eyes = given.cameras[2:].camera_centers()
+    torch.testing.assert_close((eyes - C0).norm(dim=-1), torch.full((10,), RADIUS), atol=1e-4, rtol=0)
+    torch.testing.assert_close(given.cameras[2:].R[:, :, 2], torch.nn.functional.normalize(L - eyes, dim=-1),
+                               atol=1e-5, rtol=0)  # fmt: skip
 
 
 def test_pool_cameras_convert_to_nerfstudio_rays_through_the_look_at_point():

@@ -14,7 +14,8 @@ Everything is in PyTorch3D convention (:class:`NDCCameras`, row vectors ``X_view
 +X left, +Y up, +Z forward) and in the field's world frame. Generated cameras take the mean NDC focal
 length and principal point of the cameras the circle was fitted to (as the authors).
 
-Geometry (``C_i`` camera centres, ``d_i`` principal axes, ``n`` the circle's plane normal):
+Geometry (``C_i`` camera centres, ``d_i`` principal axes: rays through the mean principal point, or
+each camera's optical axis with ``look_at_axes="optical"``; ``n`` the circle's plane normal):
 - look-at point ``L = argmin_x Σ_i |(I − d̂_i d̂_iᵀ)(x − C_i)|²`` (closed-form least squares);
 - plane: least-squares plane through the ``C_i`` (SVD); ``n`` signed to agree with the cameras' mean
   up vector, and used as the up vector of every generated camera;
@@ -61,6 +62,13 @@ class NovelCameraPoolConfig:
     elevation_jitter: float = 0.17
     """Largest change of a generated camera's elevation above the look-at point, in radians
     (uniform in ±this; authors: 0.17)."""
+    look_at_axes: Literal["mean_principal_point", "optical"] = "mean_principal_point"
+    """The lines whose nearest point is the look-at point. 'mean_principal_point' (the authors'):
+    each camera's ray through the cameras' *mean* principal point. 'optical': each camera's own
+    optical axis (the ray through its own principal point). They agree when the principal points
+    do; the teacher's crops around each input's mask give every input its own, and with two inputs
+    the mean's rays can then miss the object by a fifth of its size, where the optical axes do not
+    (docs/mini_comparison.md, "One failure")."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,13 @@ def _normalize(vectors: Tensor) -> Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True)
 
 
-def principal_axes(cameras: NDCCameras) -> Tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"]]:
-    """(origins, unit directions) of the rays through the cameras' mean principal point (as the authors)."""
+def principal_axes(
+    cameras: NDCCameras, axes: Literal["mean_principal_point", "optical"] = "mean_principal_point"
+) -> Tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"]]:
+    """(origins, unit directions) of the rays through the cameras' mean principal point (as the
+    authors), or with ``axes="optical"`` of each camera's optical axis (its view +Z, ``R[:, :, 2]``)."""
+    if axes == "optical":
+        return cameras.camera_centers(), _normalize(cameras.R[:, :, 2])
     mean_principal = cameras.principal_point.mean(dim=0)
     origins, directions = query_rays(cameras, mean_principal[None])
     return origins[:, 0], _normalize(directions[:, 0])
@@ -180,9 +193,12 @@ def look_at_cameras(
     )
 
 
-def fit_orbit(cameras: NDCCameras) -> Tuple[CameraCircle, Float[Tensor, "3"]]:
-    """The circle fitted to the cameras' centres and the point nearest their principal axes (module docstring)."""
-    axis_origins, axis_directions = principal_axes(cameras)
+def fit_orbit(
+    cameras: NDCCameras, look_at_axes: Literal["mean_principal_point", "optical"] = "mean_principal_point"
+) -> Tuple[CameraCircle, Float[Tensor, "3"]]:
+    """The circle fitted to the cameras' centres and the point nearest their principal axes (module
+    docstring; ``look_at_axes`` as :attr:`NovelCameraPoolConfig.look_at_axes`)."""
+    axis_origins, axis_directions = principal_axes(cameras, look_at_axes)
     look_at = nearest_point_to_lines(axis_origins, axis_directions)
     return fit_camera_circle(cameras.camera_centers(), mean_up_vector(cameras), look_at), look_at
 
@@ -208,11 +224,14 @@ def build_novel_camera_pool(
     input_cameras: NDCCameras,
     generator: torch.Generator,
     scene_frames: Optional[NDCCameras] = None,
+    orbit: Optional[Tuple[CameraCircle, Float[Tensor, "3"]]] = None,
 ) -> NovelCameraPool:
     """The pool of ``config.source`` (module docstring), on the CPU; random draws come from ``generator``.
 
     ``scene_frames`` (every frame of the scene, inputs and held-out, in scene order) is needed by
-    the authors' pool only.
+    the authors' pool only. ``orbit`` (a circle and look-at point, as :func:`fit_orbit` returns)
+    places the generated cameras on another orbit than the one fitted to the pool's cameras; an
+    ablation of ``benchmarks/novel_camera_pool.py``, which fits it to every scene frame.
     """
     if config.source == "authors":
         if scene_frames is None:
@@ -221,7 +240,7 @@ def build_novel_camera_pool(
     else:
         fitted, known, known_kind, num_random = input_cameras, input_cameras, "input", config.num_random_cameras
     fitted, known = fitted.to("cpu", torch.float32), known.to("cpu", torch.float32)
-    circle, look_at = fit_orbit(fitted)
+    circle, look_at = fit_orbit(fitted, config.look_at_axes) if orbit is None else orbit
 
     num_circle = config.num_circle_cameras
     even = torch.arange(num_circle, dtype=torch.float32) * (2 * math.pi / max(num_circle, 1))
