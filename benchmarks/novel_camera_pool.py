@@ -6,8 +6,9 @@ of a synthetic category (``sf-make-category``: ``instance.json`` holds the true 
 
 - **geometry**, without training: the distance from the object's centre (the centre of the true
   parts' bounding box) to the look-at point fitted to the inputs (through their mean principal
-  point, and through their optical axes) and to every frame of the sequence; the angle between the first two input cameras seen from that centre; both circles'
-  radii. Distances in world units (a critter is ≈ 4 across).
+  point, and through their optical axes) and to every frame of the sequence; the angle between the
+  first two input cameras seen from that centre; both circles' radii. Distances in world units (a
+  critter is ≈ 4 across).
 - with ``--train POOL ...``: SparseFusion trained and scored as ``mini_category_comparison.py``
   trains and scores it (same configuration, trainer, seed and schedule; masked PSNR and SSIM on the
   held-out frames), with the pool
@@ -22,7 +23,7 @@ of a synthetic category (``sf-make-category``: ``instance.json`` holds the true 
     themselves. Both it and ``authors`` take d̄ (the EFT's depth centre) from every frame.
 
     python benchmarks/novel_camera_pool.py --data data/synthetic --teacher teachers/critter-mini \\
-        --scenes 0_001017_test --train inputs frame-orbit authors --output <dir>
+        --scenes 0_001017_test --train inputs optical frame-orbit --output <dir>
 
 Writes ``<dir>/pool.json`` (the commands, geometry and scores per scene; a rerun skips the trainings
 it holds) and keeps each training's run folder under ``<dir>/runs``.
