@@ -44,6 +44,9 @@ COLLINEAR_RATIO = 1e-2
 """Camera centres whose second singular value is below this fraction of the first count as
 collinear: no circle is fitted through them (a near-straight line gives a huge, unstable circle)."""
 
+LookAtAxes = Literal["mean_principal_point", "optical"]
+"""Which lines the look-at point is nearest to (:attr:`NovelCameraPoolConfig.look_at_axes`)."""
+
 
 @dataclass
 class NovelCameraPoolConfig:
@@ -62,7 +65,7 @@ class NovelCameraPoolConfig:
     elevation_jitter: float = 0.17
     """Largest change of a generated camera's elevation above the look-at point, in radians
     (uniform in ±this; authors: 0.17)."""
-    look_at_axes: Literal["mean_principal_point", "optical"] = "mean_principal_point"
+    look_at_axes: LookAtAxes = "mean_principal_point"
     """The lines whose nearest point is the look-at point. 'mean_principal_point' (the authors'):
     each camera's ray through the cameras' *mean* principal point. 'optical': each camera's own
     optical axis (the ray through its own principal point). They agree when the principal points
@@ -116,7 +119,7 @@ def _normalize(vectors: Tensor) -> Tensor:
 
 
 def principal_axes(
-    cameras: NDCCameras, axes: Literal["mean_principal_point", "optical"] = "mean_principal_point"
+    cameras: NDCCameras, axes: LookAtAxes = "mean_principal_point"
 ) -> Tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"]]:
     """(origins, unit directions) of the rays through the cameras' mean principal point (as the
     authors), or with ``axes="optical"`` of each camera's optical axis (its view +Z, ``R[:, :, 2]``)."""
@@ -194,7 +197,7 @@ def look_at_cameras(
 
 
 def fit_orbit(
-    cameras: NDCCameras, look_at_axes: Literal["mean_principal_point", "optical"] = "mean_principal_point"
+    cameras: NDCCameras, look_at_axes: LookAtAxes = "mean_principal_point"
 ) -> Tuple[CameraCircle, Float[Tensor, "3"]]:
     """The circle fitted to the cameras' centres and the point nearest their principal axes (module
     docstring; ``look_at_axes`` as :attr:`NovelCameraPoolConfig.look_at_axes`)."""
