@@ -70,7 +70,7 @@ import time
 import warnings
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, get_args
 
 import numpy as np
 import torch
@@ -95,6 +95,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from sparsefusion_ns.data.co3d_annotations import Co3dCategory
 from sparsefusion_ns.distillation.callbacks import NovelViewStep
 from sparsefusion_ns.distillation.counters import TeacherCost
+from sparsefusion_ns.distillation.novel_cameras import LookAtAxes
 from sparsefusion_ns.engine.trainer import SparseFusionTrainer, SparseFusionTrainerConfig
 from sparsefusion_ns.evaluation.comparison_figure import image_row, stack_rows
 from sparsefusion_ns.evaluation.eft_baseline import EFTBaseline
@@ -126,6 +127,11 @@ DESCRIPTIONS = {
     "vldm": "the teacher's VLDM: PLMS sample from pure noise, conditioned on the EFT features",
     "sparsefusion": "sparsefusion-mini distilling the teacher",
 }
+LOOK_AT_AXES_WORDS = {
+    "mean_principal_point": "rays through their mean principal point (the authors')",
+    "optical": "optical axes",
+}
+"""``Settings.look_at_axes`` in results.md's words."""
 SETTINGS_FILE = "benchmark_settings.json"
 OWN_FILES = (SETTINGS_FILE, "results.json", "results.md", "comparison.png")
 OWN_FOLDERS = ("scenes", "runs", "co3d_cache")
@@ -185,6 +191,10 @@ class Settings:
     """Held-out views (spread over the sequence) scored by each probe."""
     baselines_from: Optional[str] = None
     """Comparison folder whose NeRF, EFT and VLDM records are reused (``--baselines-from``), or None."""
+    look_at_axes: str = "mean_principal_point"
+    """Lines the novel-camera pool's look-at point is nearest to (``NovelCameraPoolConfig.look_at_axes``).
+    Settings files written before this field existed are read as ``mean_principal_point``, what those
+    runs used."""
 
 
 BASELINE_METHODS = ("nerf", "eft", "vldm")
@@ -200,6 +210,7 @@ DISTILLATION_SETTINGS = (
     "figure_scenes",
     "figure_views",
     "baselines_from",
+    "look_at_axes",
 )
 """Settings that change SparseFusion's run (or only the reports), never the baselines'."""
 
@@ -271,6 +282,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         choices=("authors", "cached"),
         default="authors",
         help="SparseFusion's distillation schedule (default authors, the paper's; docs/schedules.md)",
+    )
+    parser.add_argument(
+        "--look-at-axes",
+        choices=get_args(LookAtAxes),
+        default=distillation.pool.look_at_axes,
+        help="lines the novel-camera pool's look-at point is nearest to (default "
+        f"{distillation.pool.look_at_axes}; --pipeline.model.distillation.pool.look-at-axes, docs/method.md)",
     )
     parser.add_argument(
         "--quality-every",
@@ -392,6 +410,7 @@ def run_config(settings: Settings, output: Path, scene: str, method: str) -> Spa
         distillation.use_perceptual_loss = settings.use_perceptual_loss
         distillation.perceptual_loss_if_weights_missing = "error"  # decided (and checked) at start-up
         distillation.schedule = settings.schedule  # type: ignore[assignment]  # checked by argparse's choices
+        distillation.pool.look_at_axes = settings.look_at_axes  # type: ignore[assignment]  # argparse's choices
     config.machine.seed = settings.seed
     config.max_num_iterations = settings.iterations
     config.steps_per_save = settings.iterations
@@ -974,7 +993,8 @@ def markdown(settings: Settings, scenes: List[str], results: Dict, summary: Dict
             else f"schedule `{settings.schedule}`, docs/schedules.md: a cached target per pool camera, "
             "regenerated in batches with few DDIM steps"
         )
-        + f"); perceptual (LPIPS-VGG) loss **{'on' if settings.use_perceptual_loss else 'off'}**.",
+        + f"); perceptual (LPIPS-VGG) loss **{'on' if settings.use_perceptual_loss else 'off'}**; the novel-camera "
+        f"pool's look-at point nearest the inputs' {LOOK_AT_AXES_WORDS[settings.look_at_axes]}.",
         f"- VLDM baseline: PLMS from pure noise at t = 1 in {settings.vldm_steps} steps "
         f"({settings.vldm_steps + 1} UNet evaluations per view).",
         *(
@@ -1174,6 +1194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         quality_every=args.quality_every,
         quality_views=args.quality_views,
         baselines_from=str(args.baselines_from.resolve()) if args.baselines_from else None,
+        look_at_axes=args.look_at_axes,
     )
     if settings.baselines_from:
         check_baselines_source(Path(settings.baselines_from), settings)

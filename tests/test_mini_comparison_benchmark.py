@@ -80,7 +80,9 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
     settings_path = output / "benchmark_settings.json"
     stored = json.loads(settings_path.read_text())
     assert stored["schedule"] == "authors" and stored["quality_every"] == 0
-    older = {key: value for key, value in stored.items() if key not in ("schedule", "quality_every", "quality_views")}
+    assert stored["look_at_axes"] == "mean_principal_point"  # the pool's default
+    newer = ("schedule", "quality_every", "quality_views", "look_at_axes")
+    older = {key: value for key, value in stored.items() if key not in newer}
     settings_path.write_text(json.dumps(older, indent=2))
     with torch_threads(1):
         bench.main(arguments(fixture, teacher, output))
@@ -137,7 +139,12 @@ def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
     reusing = tmp_path / "reusing"
     with torch_threads(1), pytest.MonkeyPatch.context() as patch:
         patch.setattr(bench, "train", counting_train)
-        bench.main(arguments(fixture, teacher, reusing, "--iterations", "4", "--baselines-from", str(output)))
+        bench.main(
+            arguments(
+                fixture, teacher, reusing, "--iterations", "4", "--baselines-from", str(output),
+                "--look-at-axes", "optical",
+            )
+        )  # fmt: skip
     assert trained == ["sparsefusion"]
     reused = json.loads((reusing / "results.json").read_text())["scenes"][scene]
     for method in ("nerf", "eft", "vldm"):
@@ -145,6 +152,9 @@ def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
         assert reused[method]["copied_from"] == str((output / "scenes" / scene / f"{method}.json").resolve())
     assert reused["sparsefusion"]["schedule"] == "authors" and "copied_from" not in reused["sparsefusion"]
     assert "copied from" in (reusing / "results.md").read_text()
+    # the pool option reaches SparseFusion's run (a distillation setting: the baselines still apply)
+    assert "nearest the inputs' optical axes" in (reusing / "results.md").read_text()
+    assert "look_at_axes: optical" in Path(reused["sparsefusion"]["run"]).read_text()  # its config.yml
     # baselines made with other settings are refused, naming them
     with pytest.raises(SystemExit, match="iterations: 4 there, 3 here"):
         bench.main(arguments(fixture, teacher, tmp_path / "refused", "--baselines-from", str(output)))
