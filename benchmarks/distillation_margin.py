@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from sparsefusion_ns.distillation.novel_cameras import DEFAULT_LOOK_AT_AXES
 from sparsefusion_ns.evaluation.held_out import evaluate_views, field_renderer
 from sparsefusion_ns.utils.atomic_files import atomic_file
 
@@ -77,7 +78,8 @@ def scoring_settings(
     rays: int = 1,
 ):
     """The comparison benchmark's ``Settings`` for scoring one scene outside it: no figure, no LPIPS,
-    a one-step VLDM baseline (unused) and the field's render at half the teacher's image size."""
+    a one-step VLDM baseline (unused), the field's render at half the teacher's image size and the
+    package's default novel-camera pool."""
     return load_comparison().Settings(
         data=str(Path(data).resolve()),
         category=category,
@@ -96,6 +98,7 @@ def scoring_settings(
         lpips_vgg_weights=None,
         figure_scenes=0,
         figure_views=0,
+        look_at_axes=DEFAULT_LOOK_AT_AXES,
     )
 
 
@@ -218,6 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     record = {
         "command": " ".join(["python", "benchmarks/distillation_margin.py", *(argv or sys.argv[1:])]),
         "schedule": {name: getattr(args, name) for name in QUALITY_TEST_SCHEDULE},
+        "look_at_axes": DEFAULT_LOOK_AT_AXES,
         "scene": args.scene,
         "teacher": str(args.teacher),
         "torch_threads": torch.get_num_threads(),

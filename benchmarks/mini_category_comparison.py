@@ -219,6 +219,19 @@ SETTINGS_DEFAULTS = {f.name: f.default for f in fields(Settings) if f.default is
 """Settings that older settings files may lack, with the value those runs used."""
 
 
+def settings_differences(stored: Dict, settings: Settings, ignore: Sequence[str] = ()) -> str:
+    """The settings (but those in ``ignore``) whose value in ``stored``, a settings file's contents
+    (lacking ones read from :data:`SETTINGS_DEFAULTS`), differs from ``settings``; as
+    ``"name: stored value → current value; …"``, or "" if none does."""
+    stored = {**SETTINGS_DEFAULTS, **stored}
+    current = json.loads(json.dumps(asdict(settings)))  # as a file holds them (tuples become lists)
+    return "; ".join(
+        f"{key}: {stored.get(key)!r} → {value!r}"
+        for key, value in current.items()
+        if key not in ignore and stored.get(key) != value
+    )
+
+
 # ----------------------------------------------------------------------------------------- setup
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     defaults = sparsefusion_mini_config()
@@ -349,13 +362,11 @@ def prepare_output(output: Path, settings: Settings, overwrite: bool) -> None:
             shutil.rmtree(output / name, ignore_errors=True)
         prepare_output_folder(output, True, "mini_category_comparison.py --output", own_outputs=OWN_FILES)
     elif path.is_file():
-        stored = {**SETTINGS_DEFAULTS, **json.loads(path.read_text())}
-        changed = {key: (stored.get(key), value) for key, value in asdict(settings).items() if stored.get(key) != value}
+        changed = settings_differences(json.loads(path.read_text()), settings)
         if changed:
-            listed = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
             raise SystemExit(
-                f"Error: {output} holds a comparison made with other settings ({listed}). Pass the same options to "
-                "continue it, choose another --output, or pass --overwrite to start afresh."
+                f"Error: {output} holds a comparison made with other settings (then → now: {changed}). Pass the "
+                "same options to continue it, choose another --output, or pass --overwrite to start afresh."
             )
         CONSOLE.print(f"Resuming the comparison in {escape(str(output))}")
         return
@@ -372,13 +383,11 @@ def check_baselines_source(source: Path, settings: Settings) -> None:
     path = source / SETTINGS_FILE
     if not path.is_file():
         raise SystemExit(f"Error: --baselines-from {source}: no {SETTINGS_FILE} there (not a comparison folder).")
-    stored = {**SETTINGS_DEFAULTS, **json.loads(path.read_text())}
-    ours = asdict(settings)
-    changed = [key for key in ours if key not in DISTILLATION_SETTINGS and stored.get(key) != ours[key]]
+    changed = settings_differences(json.loads(path.read_text()), settings, ignore=DISTILLATION_SETTINGS)
     if changed:
-        listed = "; ".join(f"{key}: {stored.get(key)!r} there, {ours[key]!r} here" for key in changed)
         raise SystemExit(
-            f"Error: --baselines-from {source}: its NeRF, EFT and VLDM were made with other settings ({listed})."
+            f"Error: --baselines-from {source}: its NeRF, EFT and VLDM were made with other settings (there → "
+            f"here: {changed})."
         )
 
 

@@ -151,5 +151,12 @@ def test_novel_camera_pool_script_on_the_toy_scene(benchmark, tmp_path):
     assert 0.0 < geometry["input_angle_degrees"] < 180.0
     scores = record["scenes"][scene]["trained"]["frame-orbit"]
     assert math.isfinite(scores["psnr"]) and len(scores["per_view_psnr"]) > 0
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(SystemExit, match="other settings .*iterations: 2 → 3"):
         pool_script.main([*argv[:-2], "--iterations", "3", "--output", str(tmp_path)])
+    # a record written before a setting existed goes on (it was made with that setting's default)
+    del record["settings"]["look_at_axes"]
+    (tmp_path / "pool.json").write_text(json.dumps(record))
+    with torch_threads(1):
+        pool_script.main(argv)  # the frame-orbit score is read back, not trained again
+    resumed = json.loads((tmp_path / "pool.json").read_text())
+    assert resumed["scenes"][scene]["trained"] == record["scenes"][scene]["trained"]

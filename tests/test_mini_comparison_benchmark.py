@@ -80,7 +80,7 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
     settings_path = output / "benchmark_settings.json"
     stored = json.loads(settings_path.read_text())
     assert stored["schedule"] == "authors" and stored["quality_every"] == 0
-    assert stored["look_at_axes"] == "mean_principal_point"  # the pool's default
+    assert stored["look_at_axes"] == "optical"  # the pool's default
     newer = ("schedule", "quality_every", "quality_views", "look_at_axes")
     older = {key: value for key, value in stored.items() if key not in newer}
     settings_path.write_text(json.dumps(older, indent=2))
@@ -88,11 +88,11 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
         bench.main(arguments(fixture, teacher, output))
     assert json.loads((output / "results.json").read_text())["scenes"] == results["scenes"]
     # … but another schedule in the same folder is refused
-    with pytest.raises(SystemExit, match="schedule: 'authors' then, 'cached' now"):
+    with pytest.raises(SystemExit, match="schedule: 'authors' → 'cached'"):
         bench.main(arguments(fixture, teacher, output, "--schedule", "cached"))
 
     # other settings in the same folder are refused, naming the difference
-    with pytest.raises(SystemExit, match="iterations: 3 then, 4 now"):
+    with pytest.raises(SystemExit, match="iterations: 3 → 4"):
         bench.main(arguments(fixture, teacher, output, "--iterations", "4"))
     # a folder holding anything else is refused
     (tmp_path / "other").mkdir()
@@ -156,7 +156,7 @@ def test_cached_schedule_with_a_time_to_quality_curve(inputs, tmp_path):
     assert "nearest the inputs' optical axes" in (reusing / "results.md").read_text()
     assert "look_at_axes: optical" in Path(reused["sparsefusion"]["run"]).read_text()  # its config.yml
     # baselines made with other settings are refused, naming them
-    with pytest.raises(SystemExit, match="iterations: 4 there, 3 here"):
+    with pytest.raises(SystemExit, match="iterations: 4 → 3"):
         bench.main(arguments(fixture, teacher, tmp_path / "refused", "--baselines-from", str(output)))
 
     plot_script = SCRIPT.with_name("plot_time_to_quality.py")

@@ -9,13 +9,15 @@ from that point) jittered by up to ±0.17 rad:
   circle and ``num_random_cameras`` at random azimuths on it.
 - ``source="authors"``: the authors' pool. The circle is fitted to every frame of the scene and the
   pool holds every frame's pose plus the circle cameras. It uses the evaluation (held-out) poses.
+  With ``look_at_axes="mean_principal_point"`` it is aimed as theirs too.
 
 Everything is in PyTorch3D convention (:class:`NDCCameras`, row vectors ``X_view = X_world R + T``,
 +X left, +Y up, +Z forward) and in the field's world frame. Generated cameras take the mean NDC focal
 length and principal point of the cameras the circle was fitted to (as the authors).
 
-Geometry (``C_i`` camera centres, ``d_i`` principal axes: rays through the mean principal point, or
-each camera's optical axis with ``look_at_axes="optical"``; ``n`` the circle's plane normal):
+Geometry (``C_i`` camera centres, ``d_i`` each camera's optical axis, or with
+``look_at_axes="mean_principal_point"`` its ray through the cameras' mean principal point as the
+authors compute it; ``n`` the circle's plane normal):
 - look-at point ``L = argmin_x Σ_i |(I − d̂_i d̂_iᵀ)(x − C_i)|²`` (closed-form least squares);
 - plane: least-squares plane through the ``C_i`` (SVD); ``n`` signed to agree with the cameras' mean
   up vector, and used as the up vector of every generated camera;
@@ -46,6 +48,8 @@ collinear: no circle is fitted through them (a near-straight line gives a huge, 
 
 LookAtAxes = Literal["mean_principal_point", "optical"]
 """Which lines the look-at point is nearest to (:attr:`NovelCameraPoolConfig.look_at_axes`)."""
+DEFAULT_LOOK_AT_AXES: LookAtAxes = "optical"
+"""The pool's, the orbit video's and the export rings' choice unless told otherwise."""
 
 
 @dataclass
@@ -65,13 +69,15 @@ class NovelCameraPoolConfig:
     elevation_jitter: float = 0.17
     """Largest change of a generated camera's elevation above the look-at point, in radians
     (uniform in ±this; authors: 0.17)."""
-    look_at_axes: LookAtAxes = "mean_principal_point"
-    """The lines whose nearest point is the look-at point. 'mean_principal_point' (the authors'):
-    each camera's ray through the cameras' *mean* principal point. 'optical': each camera's own
-    optical axis (the ray through its own principal point). They agree when the principal points
-    do; the teacher's crops around each input's mask give every input its own, and with two inputs
-    the mean's rays can then miss the object by a fifth of its size, where the optical axes do not
-    (docs/mini_comparison.md, "One failure")."""
+    look_at_axes: LookAtAxes = DEFAULT_LOOK_AT_AXES
+    """The lines whose nearest point is the look-at point. 'optical': each camera's own optical axis
+    (the ray through its own principal point). 'mean_principal_point' (the authors'): each camera's
+    ray through the cameras' *mean* principal point. They agree when the principal points do; the
+    teacher's crops around each input's mask give every input its own, and with two inputs the
+    mean's rays can then miss the object by a fifth of its size, where the optical axes do not. On
+    the V = 2 benchmark 'optical' gains SparseFusion 0.96 ± 0.40 dB and 0.027 SSIM over 10 scenes
+    (docs/mini_comparison.md, "One failure").
+    With ``source="authors"`` and 'mean_principal_point' the pool is exactly the authors'."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +125,10 @@ def _normalize(vectors: Tensor) -> Tensor:
 
 
 def principal_axes(
-    cameras: NDCCameras, axes: LookAtAxes = "mean_principal_point"
+    cameras: NDCCameras, axes: LookAtAxes = DEFAULT_LOOK_AT_AXES
 ) -> Tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"]]:
-    """(origins, unit directions) of the rays through the cameras' mean principal point (as the
-    authors), or with ``axes="optical"`` of each camera's optical axis (its view +Z, ``R[:, :, 2]``)."""
+    """(origins, unit directions) of each camera's optical axis (its view +Z, ``R[:, :, 2]``), or with
+    ``axes="mean_principal_point"`` of the rays through the cameras' mean principal point (as the authors)."""
     if axes == "optical":
         return cameras.camera_centers(), _normalize(cameras.R[:, :, 2])
     mean_principal = cameras.principal_point.mean(dim=0)
@@ -197,7 +203,7 @@ def look_at_cameras(
 
 
 def fit_orbit(
-    cameras: NDCCameras, look_at_axes: LookAtAxes = "mean_principal_point"
+    cameras: NDCCameras, look_at_axes: LookAtAxes = DEFAULT_LOOK_AT_AXES
 ) -> Tuple[CameraCircle, Float[Tensor, "3"]]:
     """The circle fitted to the cameras' centres and the point nearest their principal axes (module
     docstring; ``look_at_axes`` as :attr:`NovelCameraPoolConfig.look_at_axes`)."""
