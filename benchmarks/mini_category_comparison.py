@@ -36,8 +36,9 @@ Written to ``--output``:
 are read back, a training that did not finish is redone from scratch (so every wall time is one
 uninterrupted run). The settings are stored in ``benchmark_settings.json``; a rerun with other
 settings is refused (``--overwrite`` starts afresh). More scenes may be added on a rerun. A settings
-file written before a setting existed (``schedule``, ``quality_every``, ``quality_views``) holds that
-setting's default: such a comparison continues with the defaults.
+file written before a setting existed holds the value those runs used: ``schedule authors``, no
+quality probes, and the pool aimed through the inputs' mean principal point, so such a comparison
+continues with ``--look-at-axes mean_principal_point`` (the current default is refused, named).
 
 **Workers.** ``--workers N`` splits the scenes still to do over N processes (this script again,
 each on its own scenes, logging to ``workers/worker_<k>.log``); this process shows their progress

@@ -22,12 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "teachers" / "critter-mini"
 SCRIPT = REPO / "benchmarks" / "distillation_margin.py"
 
-MIN_PSNR_GAIN = 2.5
+MIN_PSNR_GAIN = 2.6
 """dB by which SparseFusion must beat NeRF: half the smallest gain measured over seeds 0, 1, 2 with
 ``python benchmarks/distillation_margin.py --data <this instance> --scene 2026_000000_test --teacher
-teachers/critter-mini --seeds 0 1 2 --threads 1``: NeRF 16.39 / 16.49 / 17.27 dB, SparseFusion
-22.61 / 22.45 / 22.30 dB, gains +6.22 / +5.96 / +5.04 dB (mean +5.74). A teacher that teaches
-nothing leaves SparseFusion at NeRF's level (both fields are trained alike on the same inputs)."""
+teachers/critter-mini --seeds 0 1 2 --threads 2`` (the default pool, aimed along the inputs' optical
+axes; record: benchmarks/results/distillation_margin/margin.json): NeRF 16.39 / 16.49 / 17.27 dB,
+SparseFusion 22.77 / 22.59 / 22.52 dB, gains +6.38 / +6.10 / +5.26 dB (mean +5.91). A teacher that
+teaches nothing leaves SparseFusion at NeRF's level (both fields are trained alike on the same
+inputs)."""
 
 pytestmark = pytest.mark.skipif(
     not (TEACHER / "teacher_config.json").is_file(),

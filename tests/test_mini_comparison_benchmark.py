@@ -75,8 +75,8 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
         bench.main(arguments(fixture, teacher, output))
     assert json.loads((output / "results.json").read_text())["scenes"] == results["scenes"]
 
-    # a settings file written before the schedule and quality settings existed holds their defaults
-    # (the comparisons started with earlier code continue with the new one)
+    # a settings file written before the schedule, quality and pool settings existed holds the values
+    # those runs used (the comparisons started with earlier code continue with the new one) ...
     settings_path = output / "benchmark_settings.json"
     stored = json.loads(settings_path.read_text())
     assert stored["schedule"] == "authors" and stored["quality_every"] == 0
@@ -85,8 +85,11 @@ def test_benchmark_writes_results_and_resumes_without_redoing_work(inputs, tmp_p
     older = {key: value for key, value in stored.items() if key not in newer}
     settings_path.write_text(json.dumps(older, indent=2))
     with torch_threads(1):
-        bench.main(arguments(fixture, teacher, output))
+        bench.main(arguments(fixture, teacher, output, "--look-at-axes", "mean_principal_point"))
     assert json.loads((output / "results.json").read_text())["scenes"] == results["scenes"]
+    # … so the pool's aim of that time must be asked for: today's default is refused, named
+    with pytest.raises(SystemExit, match="look_at_axes: 'mean_principal_point' → 'optical'"):
+        bench.main(arguments(fixture, teacher, output))
     # … but another schedule in the same folder is refused
     with pytest.raises(SystemExit, match="schedule: 'authors' → 'cached'"):
         bench.main(arguments(fixture, teacher, output, "--schedule", "cached"))
