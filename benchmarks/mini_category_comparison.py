@@ -192,7 +192,7 @@ class Settings:
     """Held-out views (spread over the sequence) scored by each probe."""
     baselines_from: Optional[str] = None
     """Comparison folder whose NeRF, EFT and VLDM records are reused (``--baselines-from``), or None."""
-    look_at_axes: str = "mean_principal_point"
+    look_at_axes: LookAtAxes = "mean_principal_point"
     """Lines the novel-camera pool's look-at point is nearest to (``NovelCameraPoolConfig.look_at_axes``).
     Settings files written before this field existed are read as ``mean_principal_point``, what those
     runs used."""
@@ -420,7 +420,7 @@ def run_config(settings: Settings, output: Path, scene: str, method: str) -> Spa
         distillation.use_perceptual_loss = settings.use_perceptual_loss
         distillation.perceptual_loss_if_weights_missing = "error"  # decided (and checked) at start-up
         distillation.schedule = settings.schedule  # type: ignore[assignment]  # checked by argparse's choices
-        distillation.pool.look_at_axes = settings.look_at_axes  # type: ignore[assignment]  # argparse's choices
+        distillation.pool.look_at_axes = settings.look_at_axes
     config.machine.seed = settings.seed
     config.max_num_iterations = settings.iterations
     config.steps_per_save = settings.iterations
